@@ -1,0 +1,1 @@
+"""Built-in agents that act on events through the Ringez API."""

@@ -1,0 +1,100 @@
+"""Fixtures: a real Redis-compatible server on a free loopback port, settings, helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from worker import signature
+from worker.cli import build_event
+from worker.receiver import create_app
+from worker.redis_server import RedisServer
+from worker.settings import Settings, load_settings
+
+SECRET = "whsec_test_current"
+OLD_SECRET = "whsec_test_previous"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+def make_settings(redis_url: str, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "_env_file": None,
+        "redis_url": redis_url,
+        "ringez_webhook_secret": f"{SECRET},{OLD_SECRET}",
+        "ringez_api_key": "sk_test_not_a_real_key",
+        "retry_backoff_seconds": 0.01,
+        "retry_backoff_max_seconds": 0.05,
+        "worker_poll_delay_seconds": 0.05,
+        "load_entry_points": False,
+        "log_format": "json",
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def receiver(settings: Settings) -> AsyncIterator[TestClient]:
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"Content-Type": "application/json", signature.HEADER: signature.sign(body, secret)}
+
+
+def event_body(event: str = "call.completed", **data: object) -> bytes:
+    payload = {"call_id": "call_1", "session_id": "sess_1", **data}
+    return build_event(event, payload)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Wait until `condition()` is true, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,60 @@
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from worker import envelope
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def parse(payload: object) -> envelope.Envelope:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return envelope.parse(body, now=NOW, window_seconds=3600, skew_seconds=300)
+
+
+def ok(**over: object) -> dict:
+    return {"event": "call.answered", "timestamp": "2026-11-24T11:59:00Z", "data": {}, **over}
+
+
+def test_a_good_body_parses():
+    env = parse(ok())
+    assert env.event == "call.answered"
+    assert env.timestamp == datetime(2026, 11, 24, 11, 59, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"[1,2]", 400, "not_an_object"),
+        (b'"text"', 400, "not_an_object"),
+        (b"[" * 40 + b"]" * 40, 400, "not_an_object"),
+        (b'{"event":"x","data":{"a":' + b"[" * 40 + b"]" * 40 + b"}}", 400, "too_deep"),
+        ({"timestamp": "2026-11-24T11:59:00Z", "data": {}}, 422, "missing_event"),
+        (ok(event=""), 422, "missing_event"),
+        (ok(event=5), 422, "missing_event"),
+        (ok(data=None), 422, "missing_data"),
+        (ok(data=[1]), 422, "missing_data"),
+        ({"event": "call.answered", "data": {}}, 422, "missing_timestamp"),
+        (ok(timestamp="yesterday"), 422, "invalid_timestamp"),
+        (ok(timestamp=1700000000), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24T10:00:00Z"), 422, "timestamp_expired"),
+        (ok(timestamp="2026-11-24T12:10:00Z"), 422, "timestamp_in_future"),
+    ],
+)
+def test_bad_bodies_get_their_own_status_and_code(payload, status, code):
+    with pytest.raises(envelope.EnvelopeError) as info:
+        parse(payload)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_timestamps_with_offsets_and_naive_ones_are_understood():
+    assert parse(ok(timestamp="2026-11-24T13:59:00+02:00")).timestamp == NOW - timedelta(minutes=1)
+    assert parse(ok(timestamp="2026-11-24T11:59:00")).timestamp.tzinfo is not None
+
+
+def test_delivery_id_is_the_sha256_of_the_raw_body():
+    assert envelope.delivery_id(b"abc") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )

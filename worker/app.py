@@ -1,0 +1,162 @@
+"""The arq side: the job function, its start-up, and `WorkerSettings`.
+
+`arq worker.app.WorkerSettings` runs it with plain arq (polling every
+`WORKER_POLL_DELAY_SECONDS`); `ringez-worker worker` runs the same settings on
+`RingezWorker`, which the receiver wakes through Redis pub/sub as soon as it enqueues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from arq import Worker
+from arq.worker import func
+
+from handlers.loading import load_router
+from handlers.router import Router
+from worker.dispatch import Dispatcher
+from worker.logs import get_logger
+from worker.queue import JOB_FUNCTION, Keys, dumps_job, loads_job
+from worker.redis_conn import arq_redis_settings
+from worker.settings import Settings, load_settings
+
+log = get_logger("ringez.worker")
+
+
+async def handle_event(
+    ctx: dict[str, Any],
+    delivery_id: str,
+    body: str,
+    received_ms: int | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """The one arq job: dispatch a delivery to its handlers."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    outcome = await dispatcher.dispatch(
+        delivery_id, body, job_try=ctx.get("job_try", 1), only=only, received_ms=received_ms
+    )
+    return outcome.as_dict()
+
+
+def build_router(settings: Settings, extra: Router | None = None) -> Router:
+    """Built-in agents, then user handlers from settings and entry points."""
+    router = Router()
+    if extra is not None:
+        router.include(extra)
+    router.include(
+        load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
+    )
+    return router
+
+
+def worker_settings(settings: Settings, *, router: Router | None = None) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
+    routes = router if router is not None else build_router(settings)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        ctx["dispatcher"] = Dispatcher(routes, settings, ctx["redis"])
+        log.info(
+            "worker.started",
+            queue=settings.queue_name,
+            handlers=[h.name for h in routes.handlers],
+        )
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        log.info("worker.stopped")
+
+    return {
+        "functions": [func(handle_event, name=JOB_FUNCTION)],
+        "redis_settings": arq_redis_settings(settings),
+        "queue_name": settings.queue_name,
+        "health_check_key": f"{settings.queue_name}:health-check",
+        "health_check_interval": 10,
+        "job_serializer": dumps_job,
+        "job_deserializer": loads_job,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay_seconds,
+        "job_timeout": settings.job_timeout_seconds,
+        # Our wrapper does the counting; arq's own limit only catches crashes past it.
+        "max_tries": settings.job_max_tries + 2,
+        "keep_result": 0,
+        "job_completion_wait": settings.shutdown_grace_seconds,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "handle_signals": True,
+    }
+
+
+class RingezWorker(Worker):
+    """An arq Worker that wakes on the receiver's pub/sub notice instead of waiting a poll."""
+
+    def __init__(self, *args: Any, wake_channel: str, idle_poll: float = 0.5, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._wake = asyncio.Event()
+        self._wake_channel = wake_channel
+        self._idle_poll = max(idle_poll, 0.01)
+        self._listener: asyncio.Task[None] | None = None
+        self._batch_full = False
+        # arq's poll loop sleeps poll_delay between iterations; we wait in _poll_iteration.
+        self.poll_delay_s = 0
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self._batch_full = len(job_ids) >= self.queue_read_limit
+        await super().start_jobs(job_ids)
+
+    async def _poll_iteration(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+        self._wake.clear()
+        self._batch_full = False
+        await super()._poll_iteration()
+        if not self._batch_full:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        # A free slot may let a waiting job start.
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.pool.pubsub()
+                await pubsub.subscribe(self._wake_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Polling keeps jobs moving while the subscription is down.
+                log.debug("worker.wake_listener_lost", error=type(exc).__name__)
+                self._wake.set()
+                await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        await super().close()
+
+
+def create_worker(
+    settings: Settings, *, router: Router | None = None, **overrides: Any
+) -> RingezWorker:
+    """A RingezWorker for `settings`; `overrides` go to arq.Worker (tests use `burst`)."""
+    kwargs = {**worker_settings(settings, router=router), **overrides}
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    return RingezWorker(
+        wake_channel=keys.wake, idle_poll=settings.worker_poll_delay_seconds, **kwargs
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # `arq worker.app.WorkerSettings` reads this; building it lazily keeps imports side-effect free.
+    if name == "WorkerSettings":
+        return worker_settings(load_settings())
+    raise AttributeError(name)

@@ -1,0 +1,181 @@
+"""Runs one delivery's handlers: each at most once to success; failures retried, then recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from arq import Retry
+from redis.asyncio import Redis
+
+from handlers.context import Context
+from handlers.events import InvalidEvent, parse_event
+from handlers.router import Handler, Router
+from worker.logs import get_logger
+from worker.queue import Keys
+from worker.settings import Settings
+
+log = get_logger("ringez.dispatch")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one run of a delivery's handlers did."""
+
+    delivery_id: str
+    event: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "failed": self.failed,
+        }
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
+    return random.uniform(0, min(cap, base * (2 ** (attempt - 1)))) if base > 0 else 0.0
+
+
+class Dispatcher:
+    """Dispatches deliveries to a Router's handlers, remembering which ones succeeded."""
+
+    def __init__(
+        self,
+        router: Router,
+        settings: Settings,
+        redis: Redis,
+        *,
+        ringez: Any = None,
+        keys: Keys | None = None,
+    ) -> None:
+        self.router = router
+        self.settings = settings
+        self.redis = redis
+        self.ringez = ringez
+        self.keys = keys or Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+
+    async def dispatch(
+        self,
+        delivery_id: str,
+        body: str,
+        *,
+        job_try: int = 1,
+        only: list[str] | None = None,
+        received_ms: int | None = None,
+    ) -> Outcome:
+        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain."""
+        payload = orjson.loads(body)
+        event_name = payload.get("event", "")
+        outcome = Outcome(delivery_id=delivery_id, event=event_name)
+        bound = log.bind(
+            delivery_id=delivery_id,
+            event=event_name,
+            call_id=(payload.get("data") or {}).get("call_id"),
+            session_id=(payload.get("data") or {}).get("session_id"),
+        )
+        if received_ms is not None:
+            bound.debug("dispatch.start", queued_ms=int(time.time() * 1000) - received_ms)
+
+        try:
+            event = parse_event(payload, delivery_id)
+        except InvalidEvent as exc:
+            bound.error("event.invalid", error=str(exc))
+            outcome.failed["<parse>"] = str(exc)
+            await self._record_failure(delivery_id, body, {"<parse>": str(exc)}, job_try)
+            return outcome
+
+        handlers = self.router.handlers_for(event_name)
+        if only is not None:
+            handlers = [h for h in handlers if h.name in only]
+        # A first try cannot have completions yet; later tries (a retry, a crash) may.
+        done = set() if job_try == 1 and only is None else await self._done(delivery_id)
+        pending = [h for h in handlers if h.name not in done]
+        outcome.skipped = [h.name for h in handlers if h.name in done]
+
+        ctx = Context(
+            delivery_id=delivery_id,
+            redis=self.redis,
+            settings=self.settings,
+            log=bound,
+            ringez=self.ringez,
+            job_try=job_try,
+        )
+        results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
+        for handler, error in zip(pending, results, strict=True):
+            if error is None:
+                outcome.ran.append(handler.name)
+            else:
+                outcome.failed[handler.name] = error
+
+        if outcome.failed:
+            if job_try < self.settings.job_max_tries:
+                delay = backoff_seconds(
+                    job_try,
+                    self.settings.retry_backoff_seconds,
+                    self.settings.retry_backoff_max_seconds,
+                )
+                bound.warning(
+                    "dispatch.retry",
+                    failed=sorted(outcome.failed),
+                    attempt=job_try,
+                    defer_s=round(delay, 3),
+                )
+                raise Retry(defer=delay)
+            await self._record_failure(delivery_id, body, outcome.failed, job_try)
+            bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=job_try)
+        return outcome
+
+    async def _run(self, handler: Handler, event: Any, ctx: Context) -> str | None:
+        log_ = ctx.log.bind(handler=handler.name)
+        started = time.perf_counter()
+        try:
+            await handler.func(event, dataclasses.replace(ctx, log=log_))
+        except Exception as exc:  # one handler failing must not stop the others
+            log_.warning(
+                "handler.failed",
+                error=f"{type(exc).__name__}: {exc}",
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                traceback="".join(traceback.format_exception(exc, limit=-3)),
+            )
+            return f"{type(exc).__name__}: {exc}"
+        # Recorded at once, so a crash after this point never runs this handler again.
+        done_key = self.keys.done(ctx.delivery_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(done_key, handler.name, int(time.time() * 1000))
+            pipe.expire(done_key, self.settings.handler_state_ttl_seconds)
+            await pipe.execute()
+        log_.info("handler.ok", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return None
+
+    async def _done(self, delivery_id: str) -> set[str]:
+        names = await self.redis.hkeys(self.keys.done(delivery_id))
+        return {n.decode() if isinstance(n, bytes) else n for n in names}
+
+    async def _record_failure(
+        self, delivery_id: str, body: str, failed: dict[str, str], attempts: int
+    ) -> None:
+        now = int(time.time() * 1000)
+        previous = await self.redis.hget(self.keys.failed, delivery_id)
+        first = orjson.loads(previous)["first_failed_ms"] if previous else now
+        record = {
+            "delivery_id": delivery_id,
+            "event": orjson.loads(body).get("event"),
+            "handlers": failed,
+            "attempts": attempts,
+            "first_failed_ms": first,
+            "last_failed_ms": now,
+            "body": body,
+        }
+        await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))

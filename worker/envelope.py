@@ -1,0 +1,99 @@
+"""Checks on a webhook body after its signature is known to be good."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+MAX_DEPTH = 32
+
+
+class EnvelopeError(Exception):
+    """A body that must be rejected: carries the HTTP status and a stable error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    event: str
+    timestamp: datetime
+    payload: dict
+
+
+def delivery_id(body: bytes) -> str:
+    """A delivery's identity: redeliveries are byte-identical, so the body hash names it."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse an ISO 8601 timestamp; naive values are taken as UTC."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("timestamp must be an ISO 8601 string")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _depth(value: object, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse(body: bytes, *, now: datetime, window_seconds: int, skew_seconds: int) -> Envelope:
+    """Decode and validate a signed body; raise EnvelopeError with the status to answer."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise EnvelopeError(400, "invalid_json", "body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise EnvelopeError(400, "not_an_object", "body must be a JSON object")
+    if _depth(payload, MAX_DEPTH) > MAX_DEPTH:
+        raise EnvelopeError(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels")
+
+    event = payload.get("event")
+    if not isinstance(event, str) or not event.strip():
+        raise EnvelopeError(422, "missing_event", "`event` must be a non-empty string")
+    if len(event) > 200:
+        raise EnvelopeError(422, "invalid_event", "`event` is longer than 200 characters")
+    if not isinstance(payload.get("data"), dict):
+        raise EnvelopeError(422, "missing_data", "`data` must be a JSON object")
+
+    if "timestamp" not in payload:
+        raise EnvelopeError(422, "missing_timestamp", "`timestamp` is required")
+    try:
+        timestamp = parse_timestamp(payload["timestamp"])
+    except (ValueError, TypeError):
+        raise EnvelopeError(
+            422, "invalid_timestamp", "`timestamp` must be an ISO 8601 date-time"
+        ) from None
+
+    age = (now - timestamp).total_seconds()
+    if age > window_seconds:
+        raise EnvelopeError(
+            422,
+            "timestamp_expired",
+            f"`timestamp` is older than the {window_seconds} s replay window",
+        )
+    if -age > skew_seconds:
+        raise EnvelopeError(
+            422, "timestamp_in_future", f"`timestamp` is more than {skew_seconds} s in the future"
+        )
+    return Envelope(event=event, timestamp=timestamp, payload=payload)

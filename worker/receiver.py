@@ -1,0 +1,135 @@
+"""The aiohttp app that takes Ringez webhooks in and answers only once Redis has them."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker import envelope, signature
+from worker.logs import get_logger
+from worker.queue import EventQueue, Keys
+from worker.redis_conn import redis_from_settings
+from worker.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+QUEUE = web.AppKey("queue", EventQueue)
+
+log = get_logger("ringez.receiver")
+
+
+def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return _json(status, {"error": code, "message": message}, headers or None)
+
+
+def _reject(status: int, code: str, message: str, **fields: object) -> web.Response:
+    log.info("webhook.rejected", status=status, reason=code, **fields)
+    return _error(status, code, message)
+
+
+def _content_type_ok(request: web.Request) -> bool:
+    if not request.headers.get("Content-Type"):
+        return True  # not sent: the signature already vouches for the body
+    mime = request.content_type
+    return mime == "application/json" or mime.endswith("+json")
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    sent = request.headers.get(signature.HEADER)
+    if sent is None:
+        return _reject(401, "missing_signature", f"the {signature.HEADER} header is required")
+    if not signature.is_well_formed(sent.strip()):
+        return _reject(401, "malformed_signature", f"{signature.HEADER} must be 64 hex characters")
+    if not _content_type_ok(request):
+        return _reject(415, "unsupported_media_type", "Content-Type must be application/json")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return _reject(413, "body_too_large", f"body is over {settings.max_body_bytes} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _reject(413, "body_too_large", f"body is over {settings.max_body_bytes} bytes")
+
+    if not signature.verify(body, sent, settings.webhook_secrets):
+        return _reject(401, "invalid_signature", "signature does not match the body")
+
+    delivery_id = envelope.delivery_id(body)
+    try:
+        env = envelope.parse(
+            body,
+            now=datetime.now(UTC),
+            window_seconds=settings.dedupe_window_seconds,
+            skew_seconds=settings.clock_skew_seconds,
+        )
+    except envelope.EnvelopeError as exc:
+        return _reject(exc.status, exc.code, exc.message, delivery_id=delivery_id)
+
+    try:
+        new = await request.app[QUEUE].enqueue(delivery_id, body, int(time.time() * 1000))
+    except (RedisError, OSError) as exc:
+        log.warning("webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__)
+        return _error(
+            503,
+            "queue_unavailable",
+            "the event queue is unavailable; retry later",
+            **{"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    data = env.payload["data"]
+    fields = {"delivery_id": delivery_id, "event": env.event, "call_id": data.get("call_id")}
+    if not new:
+        log.info("webhook.duplicate", **fields)
+        return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
+    log.info("webhook.accepted", **fields)
+    return _json(202, {"received": True, "id": delivery_id})
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return _error(405, "method_not_allowed", "use POST", Allow="POST")
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+    """Build the receiver. Pass `redis` to share a client; otherwise one is made from settings."""
+    if not settings.webhook_secrets:
+        from worker.settings import SettingsError
+
+        raise SettingsError("missing required configuration: RINGEZ_WEBHOOK_SECRET")
+    # aiohttp's own limit backs up the explicit Content-Length check for chunked bodies.
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.router.add_post(settings.webhook_path, receive_webhook)
+    app.router.add_route("*", settings.webhook_path, _method_not_allowed)
+    app.cleanup_ctx.append(_redis_ctx(redis))
+    return app
+
+
+def _redis_ctx(shared: Redis | None):
+    async def ctx(app: web.Application):
+        settings = app[SETTINGS]
+        client = shared if shared is not None else redis_from_settings(settings)
+        keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+        window_ms = (settings.dedupe_window_seconds + settings.clock_skew_seconds) * 1000
+        app[REDIS] = client
+        app[QUEUE] = EventQueue(
+            client,
+            keys,
+            dedupe_ttl_ms=window_ms,
+            job_ttl_ms=max(window_ms, settings.handler_state_ttl_seconds * 1000),
+        )
+        yield
+        await app[QUEUE].close()
+        if shared is None:
+            await client.aclose()
+
+    return ctx

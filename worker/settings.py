@@ -1,0 +1,129 @@
+"""Configuration from the environment and `.env`, validated once at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Configuration is missing or malformed; the message never contains a value."""
+
+
+class Settings(BaseSettings):
+    """Everything the receiver and the worker read from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Redis: the queue, the dedupe records and the per-delivery state.
+    redis_url: str = "redis://localhost:6379/0"
+    redis_timeout_seconds: float = Field(2.0, gt=0)
+    redis_max_connections: int = Field(16, ge=2)
+
+    # Ringez.
+    ringez_webhook_secret: SecretStr | None = None
+    ringez_api_url: str = "https://ringez-api.vercel.app/api/v1"
+    ringez_api_key: SecretStr | None = None
+    ringez_agent_id: str = "ringez-agent-worker"
+
+    # Receiver.
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    webhook_path: str = "/webhooks/ringez"
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    dedupe_window_seconds: int = Field(72 * 3600, ge=60)
+    clock_skew_seconds: int = Field(300, ge=0)
+    retry_after_seconds: int = Field(5, ge=1)
+
+    # Queue and worker.
+    queue_name: str = "ringez:queue"
+    key_prefix: str = "rz"
+    job_max_tries: int = Field(5, ge=1)
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+    retry_backoff_max_seconds: float = Field(300.0, ge=0)
+    worker_max_jobs: int = Field(100, ge=1)
+    worker_poll_delay_seconds: float = Field(0.05, gt=0)
+    job_timeout_seconds: float = Field(60.0, gt=0)
+    shutdown_grace_seconds: float = Field(25.0, ge=0)
+    handler_state_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # Extension: extra handler modules, comma-separated.
+    ringez_handlers: str = ""
+    load_entry_points: bool = True
+
+    # Logging.
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("ringez_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("ringez_webhook_secret", "ringez_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def webhook_secrets(self) -> list[bytes]:
+        """Every configured webhook secret (comma-separated for rotation)."""
+        if self.ringez_webhook_secret is None:
+            return []
+        raw = self.ringez_webhook_secret.get_secret_value()
+        return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    @property
+    def handler_modules(self) -> list[str]:
+        return [m.strip() for m in self.ringez_handlers.split(",") if m.strip()]
+
+    def secret_values(self) -> list[str]:
+        """Secret strings that log and error output must never contain."""
+        values = [s.decode() for s in self.webhook_secrets]
+        if self.ringez_api_key is not None:
+            values.append(self.ringez_api_key.get_secret_value())
+        if self.ringez_webhook_secret is not None:
+            values.append(self.ringez_webhook_secret.get_secret_value())
+        # The password inside a redis URL is a secret too.
+        if "@" in self.redis_url and ":" in self.redis_url.split("@", 1)[0][8:]:
+            values.append(self.redis_url.split("@", 1)[0].rsplit(":", 1)[1])
+        return [v for v in values if len(v) >= 4]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into a message that names fields, not values."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+            lines.append(f"  {field}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def require(settings: Settings, *names: str) -> None:
+    """Fail with a clear message when a setting a command needs is not set."""
+    missing = [n.upper() for n in names if getattr(settings, n) in (None, "")]
+    if missing:
+        raise SettingsError("missing required configuration: " + ", ".join(missing))
