@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -11,7 +12,9 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from handlers.router import Router
 from worker import signature
+from worker.app import create_worker
 from worker.cli import build_event
 from worker.receiver import create_app
 from worker.redis_server import RedisServer
@@ -83,12 +86,12 @@ def event_body(event: str = "call.completed", **data: object) -> bytes:
 
 async def wait_for(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 10.0,
+    deadline_s: float = 10.0,
     interval: float = 0.01,
     what: str = "condition",
 ) -> None:
-    """Wait until `condition()` is true, failing the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Wait until `condition()` is true, failing the test after `deadline_s` seconds."""
+    deadline = time.monotonic() + deadline_s
     while True:
         result = condition()
         if asyncio.iscoroutine(result):
@@ -96,5 +99,19 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, router: Router, **overrides: object):
+    """A RingezWorker running in this event loop until the block exits."""
+    worker = create_worker(settings, router=router, handle_signals=False, **overrides)
+    task = asyncio.create_task(worker.main())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()

@@ -81,7 +81,7 @@ class Dispatcher:
         outcome = Outcome(delivery_id=delivery_id, event=event_name)
         bound = log.bind(
             delivery_id=delivery_id,
-            event=event_name,
+            event_type=event_name,
             call_id=(payload.get("data") or {}).get("call_id"),
             session_id=(payload.get("data") or {}).get("session_id"),
         )

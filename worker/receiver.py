@@ -42,7 +42,8 @@ def _content_type_ok(request: web.Request) -> bool:
     if not request.headers.get("Content-Type"):
         return True  # not sent: the signature already vouches for the body
     mime = request.content_type
-    return mime == "application/json" or mime.endswith("+json")
+    # octet-stream is what many HTTP clients send for raw bytes; the body is still checked.
+    return mime in ("application/json", "application/octet-stream") or mime.endswith("+json")
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -87,7 +88,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
 
     data = env.payload["data"]
-    fields = {"delivery_id": delivery_id, "event": env.event, "call_id": data.get("call_id")}
+    fields = {"delivery_id": delivery_id, "event_type": env.event, "call_id": data.get("call_id")}
     if not new:
         log.info("webhook.duplicate", **fields)
         return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
