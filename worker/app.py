@@ -12,7 +12,10 @@ import contextlib
 from typing import Any
 
 from arq import Worker
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import func
+from redis.exceptions import NoScriptError
 
 from handlers.loading import load_router
 from handlers.router import Router
@@ -88,46 +91,103 @@ def worker_settings(settings: Settings, *, router: Router | None = None) -> dict
     }
 
 
+_CLAIM = """
+local now = tonumber(ARGV[1])
+local claimed = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local key = KEYS[2] .. id
+  if redis.call('EXISTS', key) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('PSETEX', key, ARGV[2], '1')
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
 class RingezWorker(Worker):
-    """An arq Worker that wakes on the receiver's pub/sub notice instead of waiting a poll."""
+    """An arq Worker that claims jobs in batches and wakes on the receiver's notice.
+
+    arq claims each job with four sequential round trips and then sleeps `poll_delay`;
+    here one Lua script claims a whole batch (same keys, same semantics: the
+    in-progress key is set only if absent and the job is due), and a pub/sub message
+    from the receiver, or a finished job freeing a slot, ends the wait at once.
+    """
 
     def __init__(self, *args: Any, wake_channel: str, idle_poll: float = 0.5, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._wake = asyncio.Event()
         self._wake_channel = wake_channel
         self._idle_poll = max(idle_poll, 0.01)
+        self._refill = max(1, self.max_jobs // 4)
         self._listener: asyncio.Task[None] | None = None
-        self._batch_full = False
-        # arq's poll loop sleeps poll_delay between iterations; we wait in _poll_iteration.
+        self._claim_sha: str | None = None
+        # arq's loop sleeps poll_delay between iterations; the wait happens in _poll_iteration.
         self.poll_delay_s = 0
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        self._batch_full = len(job_ids) >= self.queue_read_limit
-        await super().start_jobs(job_ids)
 
     async def _poll_iteration(self) -> None:
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen())
         self._wake.clear()
-        self._batch_full = False
-        await super()._poll_iteration()
-        if not self._batch_full:
+        free = self.max_jobs - self.job_counter
+        backlog = False
+        if self.allow_pick_jobs and free > 0:
+            job_ids = await self.pool.zrangebyscore(
+                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=free
+            )
+            if job_ids:
+                await self._claim_and_start(job_ids)
+            backlog = len(job_ids) == free
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # surfaces errors in run_job, as arq does
+        await self.heart_beat()
+        if backlog:
+            # More is queued than we could take: poll again once a batch of slots is free.
+            while self.max_jobs - self.job_counter < self._refill and self.allow_pick_jobs:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+                self._wake.clear()
+        else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._idle_poll)
 
+    async def _claim_and_start(self, job_ids: list[bytes]) -> None:
+        args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), *job_ids]
+        keys = [self.queue_name, in_progress_key_prefix]
+        if self._claim_sha is None:
+            self._claim_sha = await self.pool.script_load(_CLAIM)
+        try:
+            claimed = await self.pool.evalsha(self._claim_sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._claim_sha = await self.pool.script_load(_CLAIM)
+            claimed = await self.pool.evalsha(self._claim_sha, len(keys), *keys, *args)
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        # A free slot may let a waiting job start.
         self._wake.set()
 
     async def _listen(self) -> None:
         while True:
             try:
-                pubsub = self.pool.pubsub()
-                await pubsub.subscribe(self._wake_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._wake.set()
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(self._wake_channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
