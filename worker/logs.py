@@ -82,8 +82,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log repeats what the receiver logs per webhook.
+    # aiohttp's access log and arq's two lines per job repeat what our own lines say
+    # (one per webhook, one per handler run), at a cost the worker feels at 1k+ jobs/s.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("arq.worker").setLevel(max(root.level, logging.WARNING))
 
 
 def get_logger(name: str = "ringez") -> structlog.stdlib.BoundLogger:
