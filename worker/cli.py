@@ -115,6 +115,74 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if 200 <= status < 300 else 1
 
 
+def _ms(value: int | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _failed(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import failed
+    from worker.queue import Keys
+    from worker.redis_conn import redis_from_settings
+
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    ttl_ms = settings.handler_state_ttl_seconds * 1000
+    redis = redis_from_settings(settings)
+    try:
+        if args.action == "list":
+            records = await failed.list_failed(redis, keys)
+            if not records:
+                print("no failed events")
+                return 0
+            print(
+                f"{'DELIVERY':<16} {'EVENT':<24} {'TRIES':>5}  {'LAST FAILED (UTC)':<19}  HANDLERS"
+            )
+            for r in records:
+                names = ", ".join(sorted(r["handlers"]))
+                print(
+                    f"{r['delivery_id'][:16]:<16} {r['event'] or '-':<24} {r['attempts']:>5}  "
+                    f"{_ms(r['last_failed_ms']):<19}  {names}"
+                )
+            return 0
+        if args.action == "show":
+            record = await failed.get_failed(redis, keys, args.id)
+            if record is None:
+                print(f"no failed event {args.id}", file=sys.stderr)
+                return 1
+            print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        if args.action == "replay":
+            ids = (
+                [r["delivery_id"] for r in await failed.list_failed(redis, keys)]
+                if args.all
+                else [args.id]
+            )
+            if not ids or ids == [None]:
+                print("name a delivery id or --all", file=sys.stderr)
+                return 2
+            missing = 0
+            for delivery in ids:
+                job = await failed.replay(redis, keys, delivery, ttl_ms)
+                missing += job is None
+                print(f"replayed {delivery[:16]} as job {job}" if job else f"no failed {delivery}")
+            return 1 if missing else 0
+        if args.action == "purge":
+            if not args.all and not args.id:
+                print("name a delivery id or --all", file=sys.stderr)
+                return 2
+            count = await failed.purge(redis, keys, None if args.all else args.id)
+            print(f"purged {count}")
+            return 0
+    finally:
+        await redis.aclose()
+    return 2
+
+
+def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_failed(settings, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringez-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--data", default="{}", help="the event's data as a JSON object")
     send.add_argument("--url", default=None, help="receiver URL (default: this machine's PORT)")
     send.set_defaults(run=cmd_send)
+
+    failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
+    actions = failed.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="one line per failed delivery")
+    show = actions.add_parser("show", help="one record, with its body")
+    show.add_argument("id", help="delivery id (a unique prefix is enough)")
+    for name, text in (("replay", "queue again, only the failed handlers"), ("purge", "delete")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("id", nargs="?", help="delivery id (a unique prefix is enough)")
+        action.add_argument("--all", action="store_true", help="every record")
+    failed.set_defaults(run=cmd_failed)
     return parser
 
 

@@ -113,31 +113,38 @@ class Dispatcher:
             job_try=job_try,
         )
         results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
-        for handler, error in zip(pending, results, strict=True):
-            if error is None:
+        retryable = False
+        for handler, result in zip(pending, results, strict=True):
+            if result is None:
                 outcome.ran.append(handler.name)
             else:
-                outcome.failed[handler.name] = error
+                outcome.failed[handler.name], can_retry = result
+                retryable |= can_retry
 
-        if outcome.failed:
-            if job_try < self.settings.job_max_tries:
-                delay = backoff_seconds(
-                    job_try,
-                    self.settings.retry_backoff_seconds,
-                    self.settings.retry_backoff_max_seconds,
-                )
-                bound.warning(
-                    "dispatch.retry",
-                    failed=sorted(outcome.failed),
-                    attempt=job_try,
-                    defer_s=round(delay, 3),
-                )
-                raise Retry(defer=delay)
-            await self._record_failure(delivery_id, body, outcome.failed, job_try)
-            bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=job_try)
+        if not outcome.failed:
+            if only is not None or job_try > 1:
+                # A retry or a replay that got through clears an earlier failure record.
+                await self.redis.hdel(self.keys.failed, delivery_id)
+            return outcome
+        if retryable and job_try < self.settings.job_max_tries:
+            delay = backoff_seconds(
+                job_try,
+                self.settings.retry_backoff_seconds,
+                self.settings.retry_backoff_max_seconds,
+            )
+            bound.warning(
+                "dispatch.retry",
+                failed=sorted(outcome.failed),
+                attempt=job_try,
+                defer_s=round(delay, 3),
+            )
+            raise Retry(defer=delay)
+        await self._record_failure(delivery_id, body, outcome.failed, job_try)
+        bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=job_try)
         return outcome
 
-    async def _run(self, handler: Handler, event: Any, ctx: Context) -> str | None:
+    async def _run(self, handler: Handler, event: Any, ctx: Context) -> tuple[str, bool] | None:
+        """Run one handler; None on success, else (error, whether a retry could help)."""
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
         try:
@@ -149,7 +156,8 @@ class Dispatcher:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 traceback="".join(traceback.format_exception(exc, limit=-3)),
             )
-            return f"{type(exc).__name__}: {exc}"
+            # Errors that know they are final (a 4xx from the Ringez API) say so.
+            return f"{type(exc).__name__}: {exc}", bool(getattr(exc, "retryable", True))
         # Recorded at once, so a crash after this point never runs this handler again.
         done_key = self.keys.done(ctx.delivery_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -167,14 +175,14 @@ class Dispatcher:
         self, delivery_id: str, body: str, failed: dict[str, str], attempts: int
     ) -> None:
         now = int(time.time() * 1000)
-        previous = await self.redis.hget(self.keys.failed, delivery_id)
-        first = orjson.loads(previous)["first_failed_ms"] if previous else now
+        raw = await self.redis.hget(self.keys.failed, delivery_id)
+        previous = orjson.loads(raw) if raw else {}
         record = {
             "delivery_id": delivery_id,
             "event": orjson.loads(body).get("event"),
             "handlers": failed,
-            "attempts": attempts,
-            "first_failed_ms": first,
+            "attempts": previous.get("attempts", 0) + attempts,
+            "first_failed_ms": previous.get("first_failed_ms", now),
             "last_failed_ms": now,
             "body": body,
         }

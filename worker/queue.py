@@ -65,17 +65,29 @@ def loads_job(data: bytes) -> object:
     return orjson.loads(data)
 
 
-def job_bytes(delivery_id: str, body: bytes, received_ms: int) -> bytes:
+def job_bytes(
+    delivery_id: str, body: bytes | str, received_ms: int, only: list[str] | None = None
+) -> bytes:
     """The arq job record for one delivery, in arq's own layout."""
-    return orjson.dumps(
-        {
-            "t": 1,
-            "f": JOB_FUNCTION,
-            "a": [delivery_id, body.decode(), received_ms],
-            "k": {},
-            "et": received_ms,
-        }
-    )
+    text = body.decode() if isinstance(body, bytes) else body
+    args: list[object] = [delivery_id, text, received_ms]
+    if only is not None:
+        args.append(only)
+    return orjson.dumps({"t": 1, "f": JOB_FUNCTION, "a": args, "k": {}, "et": received_ms})
+
+
+async def enqueue_replay(
+    redis: Redis, keys: Keys, delivery_id: str, body: str, only: list[str] | None, ttl_ms: int
+) -> str:
+    """Queue a delivery again outside the receiver (failed-events replay); returns the job id."""
+    now = int(time.time() * 1000)
+    job_id = f"{delivery_id}:replay:{now}"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.psetex(keys.job(job_id), ttl_ms, job_bytes(delivery_id, body, now, only))
+        pipe.zadd(keys.queue, {job_id: now})
+        pipe.publish(keys.wake, b"")
+        await pipe.execute()
+    return job_id
 
 
 class EventQueue:

@@ -1,0 +1,94 @@
+"""The failed-events record and `ringez-worker failed list|show|replay|purge`."""
+
+from __future__ import annotations
+
+import collections
+
+import orjson
+
+from handlers import Context, Event, Router
+from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
+from tests.processes import run_cli
+from worker.envelope import delivery_id
+
+PATH = "/webhooks/ringez"
+
+
+class Permanent(Exception):
+    retryable = False
+
+
+async def test_failed_list_show_replay_purge(receiver, redis_url, redis_client):
+    settings = make_settings(redis_url, job_max_tries=2)
+    env = {"REDIS_URL": redis_url}
+    runs: collections.Counter[str] = collections.Counter()
+    broken = {"yes": True}
+    router = Router()
+
+    @router.on("call.completed")
+    async def flaky(event: Event, ctx: Context) -> None:
+        runs["flaky"] += 1
+        if broken["yes"]:
+            raise RuntimeError("downstream is down")
+
+    @router.on("call.completed")
+    async def steady(event: Event, ctx: Context) -> None:
+        runs["steady"] += 1
+
+    body = event_body()
+    did = delivery_id(body)
+
+    async def recorded() -> bool:
+        return await redis_client.hexists("rz:failed", did)
+
+    async with running_worker(settings, router):
+        assert (await receiver.post(PATH, data=body, headers=signed_headers(body))).status == 202
+        await wait_for(recorded, what="the failed record")
+        assert runs == {"flaky": 2, "steady": 1}
+
+        listed = run_cli("failed", "list", env=env)
+        assert listed.returncode == 0
+        assert did[:16] in listed.stdout and "flaky" in listed.stdout
+
+        shown = run_cli("failed", "show", did[:12], env=env)
+        record = orjson.loads(shown.stdout)
+        assert record["delivery_id"] == did
+        assert record["attempts"] == 2
+        assert "RuntimeError: downstream is down" in next(iter(record["handlers"].values()))
+
+        broken["yes"] = False
+        replayed = run_cli("failed", "replay", did, env=env)
+        assert replayed.returncode == 0, replayed.stderr
+
+        async def cleared() -> bool:
+            return not await redis_client.hexists("rz:failed", did)
+
+        await wait_for(cleared, what="the replay to clear the record")
+
+    # Only the failed handler ran again.
+    assert runs == {"flaky": 3, "steady": 1}
+    assert run_cli("failed", "list", env=env).stdout.strip() == "no failed events"
+
+
+async def test_non_retryable_errors_skip_the_retries(receiver, redis_url, redis_client):
+    settings = make_settings(redis_url, job_max_tries=5)
+    runs: collections.Counter[str] = collections.Counter()
+    router = Router()
+
+    @router.on("call.completed")
+    async def refused(event: Event, ctx: Context) -> None:
+        runs["refused"] += 1
+        raise Permanent("402 insufficient balance")
+
+    body = event_body()
+    async with running_worker(settings, router):
+        assert (await receiver.post(PATH, data=body, headers=signed_headers(body))).status == 202
+
+        async def recorded() -> bool:
+            return await redis_client.hexists("rz:failed", delivery_id(body))
+
+        await wait_for(recorded, what="the failed record")
+    assert runs["refused"] == 1
+    env = {"REDIS_URL": redis_url}
+    assert run_cli("failed", "purge", "--all", env=env).stdout.strip() == "purged 1"
+    assert await redis_client.hlen("rz:failed") == 0
