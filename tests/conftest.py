@@ -55,6 +55,7 @@ def make_settings(redis_url: str, **overrides: object) -> Settings:
         "worker_poll_delay_seconds": 0.05,
         "load_entry_points": False,
         "log_format": "json",
+        "worker_metrics_port": 0,
     }
     base.update(overrides)
     return load_settings(**base)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import time
 from typing import Any
 
+import orjson
+from aiohttp import web
 from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
@@ -21,6 +26,7 @@ from handlers.loading import load_router
 from handlers.router import Router
 from worker.dispatch import Dispatcher
 from worker.logs import get_logger
+from worker.metrics import WorkerMetrics, metrics_response, queue_stats
 from worker.queue import JOB_FUNCTION, Keys, dumps_job, loads_job
 from worker.redis_conn import arq_redis_settings
 from worker.settings import Settings, load_settings
@@ -54,13 +60,65 @@ def build_router(settings: Settings, extra: Router | None = None) -> Router:
     return router
 
 
+async def start_worker_http(
+    settings: Settings, redis: Any, keys: Keys, metrics: WorkerMetrics
+) -> web.AppRunner | None:
+    """/healthz, /readyz and /metrics on WORKER_METRICS_PORT; None when off or taken."""
+    if not settings.worker_metrics_port:
+        return None
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await redis.ping()
+        except Exception as exc:
+            return web.json_response(
+                {"status": "unavailable", "redis": type(exc).__name__}, status=503
+            )
+        return web.json_response({"status": "ok", "redis": "ok"})
+
+    async def scrape(request: web.Request) -> web.Response:
+        try:
+            stats = await queue_stats(redis, keys)
+        except Exception:
+            stats = None  # still serve the counters while Redis is away
+        if stats is not None:
+            metrics.queue_depth.set(stats["depth"])
+            metrics.oldest_age.set(stats["oldest_age_s"])
+            metrics.failed_events.set(stats["failed"])
+        return metrics_response(metrics.registry)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.worker_metrics_port).start()
+    except OSError as exc:
+        # Several workers on one host: the first one serves the port.
+        log.warning(
+            "worker.metrics_port_unavailable", port=settings.worker_metrics_port, error=str(exc)
+        )
+        await runner.cleanup()
+        return None
+    return runner
+
+
 def worker_settings(settings: Settings, *, router: Router | None = None) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
     routes = router if router is not None else build_router(settings)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+        metrics = WorkerMetrics()
         ctx["settings"] = settings
-        ctx["dispatcher"] = Dispatcher(routes, settings, ctx["redis"])
+        ctx["metrics"] = metrics
+        ctx["dispatcher"] = Dispatcher(routes, settings, ctx["redis"], keys=keys, metrics=metrics)
+        ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -68,6 +126,8 @@ def worker_settings(settings: Settings, *, router: Router | None = None) -> dict
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if ctx.get("http") is not None:
+            await ctx["http"].cleanup()
         log.info("worker.stopped")
 
     return {
@@ -119,8 +179,17 @@ class RingezWorker(Worker):
     from the receiver, or a finished job freeing a slot, ends the wait at once.
     """
 
-    def __init__(self, *args: Any, wake_channel: str, idle_poll: float = 0.5, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        wake_channel: str,
+        presence_key: str,
+        idle_poll: float = 0.5,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self._presence_key = presence_key
+        self._presence_at = 0.0
         self._wake = asyncio.Event()
         self._wake_channel = wake_channel
         self._idle_poll = max(idle_poll, 0.01)
@@ -148,6 +217,7 @@ class RingezWorker(Worker):
                 del self.tasks[job_id]
                 task.result()  # surfaces errors in run_job, as arq does
         await self.heart_beat()
+        await self._presence()
         if backlog:
             # More is queued than we could take: poll again once a batch of slots is free.
             while self.max_jobs - self.job_counter < self._refill and self.allow_pick_jobs:
@@ -176,6 +246,23 @@ class RingezWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
+    async def _presence(self) -> None:
+        # `ringez-worker status` counts workers by these keys; they expire with the worker.
+        now = time.monotonic()
+        if now - self._presence_at < 5:
+            return
+        self._presence_at = now
+        stats = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "running": self.job_counter,
+            "complete": self.jobs_complete,
+            "failed": self.jobs_failed,
+            "retried": self.jobs_retried,
+            "at_ms": int(time.time() * 1000),
+        }
+        await self.pool.set(self._presence_key, orjson.dumps(stats), ex=20)
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._wake.set()
@@ -197,6 +284,9 @@ class RingezWorker(Worker):
                 await asyncio.sleep(1)
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._pool is not None:
+                await self.pool.delete(self._presence_key)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(BaseException):
@@ -210,8 +300,12 @@ def create_worker(
     """A RingezWorker for `settings`; `overrides` go to arq.Worker (tests use `burst`)."""
     kwargs = {**worker_settings(settings, router=router), **overrides}
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    name = f"{socket.gethostname()}:{os.getpid()}:{id(kwargs):x}"
     return RingezWorker(
-        wake_channel=keys.wake, idle_poll=settings.worker_poll_delay_seconds, **kwargs
+        wake_channel=keys.wake,
+        presence_key=keys.worker(name),
+        idle_poll=settings.worker_poll_delay_seconds,
+        **kwargs,
     )
 
 

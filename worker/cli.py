@@ -179,6 +179,45 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
     return 2
 
 
+async def _status(settings: Settings) -> int:
+    from worker.metrics import queue_stats
+    from worker.queue import Keys
+    from worker.redis_conn import redis_from_settings
+
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    redis = redis_from_settings(settings)
+    try:
+        stats = await queue_stats(redis, keys)
+        workers = []
+        async for key in redis.scan_iter(match=keys.worker("*"), count=500):
+            raw = await redis.get(key)
+            if raw:
+                workers.append(orjson.loads(raw))
+    finally:
+        await redis.aclose()
+    rows = [
+        ("queue", settings.queue_name),
+        ("queued jobs", str(stats["depth"])),
+        ("oldest due job", f"{stats['oldest_age_s']:.1f} s"),
+        ("workers alive", str(len(workers))),
+        ("jobs running", str(sum(w["running"] for w in workers))),
+        ("failed events", str(stats["failed"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for w in sorted(workers, key=lambda w: (w["host"], w["pid"])):
+        print(
+            f"  worker {w['host']}:{w['pid']}  running={w['running']} complete={w['complete']} "
+            f"failed={w['failed']} retried={w['retried']}"
+        )
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_status(settings))
+
+
 def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_failed(settings, args))
 
@@ -199,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--data", default="{}", help="the event's data as a JSON object")
     send.add_argument("--url", default=None, help="receiver URL (default: this machine's PORT)")
     send.set_defaults(run=cmd_send)
+
+    status = sub.add_parser("status", help="queue depth, oldest event, workers, failed events")
+    status.set_defaults(run=cmd_status)
 
     failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
     actions = failed.add_subparsers(dest="action", required=True)

@@ -18,6 +18,7 @@ from handlers.context import Context
 from handlers.events import InvalidEvent, parse_event
 from handlers.router import Handler, Router
 from worker.logs import get_logger
+from worker.metrics import WorkerMetrics
 from worker.queue import Keys
 from worker.settings import Settings
 
@@ -59,12 +60,14 @@ class Dispatcher:
         *,
         ringez: Any = None,
         keys: Keys | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
         self.redis = redis
         self.ringez = ringez
         self.keys = keys or Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+        self.metrics = metrics or WorkerMetrics()
 
     async def dispatch(
         self,
@@ -138,7 +141,9 @@ class Dispatcher:
                 attempt=job_try,
                 defer_s=round(delay, 3),
             )
+            self.metrics.retries.inc()
             raise Retry(defer=delay)
+        self.metrics.gave_up.inc()
         await self._record_failure(delivery_id, body, outcome.failed, job_try)
         bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=job_try)
         return outcome
@@ -150,10 +155,13 @@ class Dispatcher:
         try:
             await handler.func(event, dataclasses.replace(ctx, log=log_))
         except Exception as exc:  # one handler failing must not stop the others
+            elapsed = time.perf_counter() - started
+            self.metrics.handler_runs.labels(handler.name, "failed").inc()
+            self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
             log_.warning(
                 "handler.failed",
                 error=f"{type(exc).__name__}: {exc}",
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 traceback="".join(traceback.format_exception(exc, limit=-3)),
             )
             # Errors that know they are final (a 4xx from the Ringez API) say so.
@@ -164,7 +172,10 @@ class Dispatcher:
             pipe.hset(done_key, handler.name, int(time.time() * 1000))
             pipe.expire(done_key, self.settings.handler_state_ttl_seconds)
             await pipe.execute()
-        log_.info("handler.ok", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        elapsed = time.perf_counter() - started
+        self.metrics.handler_runs.labels(handler.name, "ok").inc()
+        self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
+        log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
         return None
 
     async def _done(self, delivery_id: str) -> set[str]:

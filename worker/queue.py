@@ -51,6 +51,9 @@ class Keys:
     def failed(self) -> str:
         return f"{self.prefix}:failed"
 
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
     @property
     def wake(self) -> str:
         return f"{self.prefix}:wake:{self.queue}"

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from worker import envelope, signature
 from worker.logs import get_logger
+from worker.metrics import ReceiverMetrics, metrics_response
 from worker.queue import EventQueue, Keys
 from worker.redis_conn import redis_from_settings
 from worker.settings import Settings
@@ -19,6 +20,7 @@ from worker.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 QUEUE = web.AppKey("queue", EventQueue)
+METRICS = web.AppKey("metrics", ReceiverMetrics)
 
 log = get_logger("ringez.receiver")
 
@@ -33,8 +35,11 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     return _json(status, {"error": code, "message": message}, headers or None)
 
 
-def _reject(status: int, code: str, message: str, **fields: object) -> web.Response:
+def _reject(
+    request: web.Request, status: int, code: str, message: str, **fields: object
+) -> web.Response:
     log.info("webhook.rejected", status=status, reason=code, **fields)
+    request.app[METRICS].rejected.labels(code).inc()
     return _error(status, code, message)
 
 
@@ -47,23 +52,44 @@ def _content_type_ok(request: web.Request) -> bool:
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
+    """POST handler: verify, check, durably enqueue, then answer."""
+    gauge = request.app[METRICS].in_flight
+    gauge.inc()
+    try:
+        return await _receive(request)
+    finally:
+        gauge.dec()
+
+
+async def _receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
     sent = request.headers.get(signature.HEADER)
     if sent is None:
-        return _reject(401, "missing_signature", f"the {signature.HEADER} header is required")
+        return _reject(
+            request, 401, "missing_signature", f"the {signature.HEADER} header is required"
+        )
     if not signature.is_well_formed(sent.strip()):
-        return _reject(401, "malformed_signature", f"{signature.HEADER} must be 64 hex characters")
+        return _reject(
+            request, 401, "malformed_signature", f"{signature.HEADER} must be 64 hex characters"
+        )
     if not _content_type_ok(request):
-        return _reject(415, "unsupported_media_type", "Content-Type must be application/json")
+        return _reject(
+            request, 415, "unsupported_media_type", "Content-Type must be application/json"
+        )
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _reject(413, "body_too_large", f"body is over {settings.max_body_bytes} bytes")
+        return _reject(
+            request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
+        )
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _reject(413, "body_too_large", f"body is over {settings.max_body_bytes} bytes")
+        return _reject(
+            request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
+        )
 
     if not signature.verify(body, sent, settings.webhook_secrets):
-        return _reject(401, "invalid_signature", "signature does not match the body")
+        return _reject(request, 401, "invalid_signature", "signature does not match the body")
 
     delivery_id = envelope.delivery_id(body)
     try:
@@ -74,11 +100,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
             skew_seconds=settings.clock_skew_seconds,
         )
     except envelope.EnvelopeError as exc:
-        return _reject(exc.status, exc.code, exc.message, delivery_id=delivery_id)
+        return _reject(request, exc.status, exc.code, exc.message, delivery_id=delivery_id)
 
+    started = time.perf_counter()
     try:
         new = await request.app[QUEUE].enqueue(delivery_id, body, int(time.time() * 1000))
     except (RedisError, OSError) as exc:
+        metrics.rejected.labels("queue_unavailable").inc()
         log.warning("webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__)
         return _error(
             503,
@@ -87,13 +115,48 @@ async def receive_webhook(request: web.Request) -> web.Response:
             **{"Retry-After": str(settings.retry_after_seconds)},
         )
 
+    metrics.enqueue_seconds.observe(time.perf_counter() - started)
     data = env.payload["data"]
     fields = {"delivery_id": delivery_id, "event_type": env.event, "call_id": data.get("call_id")}
     if not new:
         log.info("webhook.duplicate", **fields)
+        metrics.duplicates.inc()
         return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
     log.info("webhook.accepted", **fields)
+    metrics.received.labels(env.event if env.event in _KNOWN else "other").inc()
     return _json(202, {"received": True, "id": delivery_id})
+
+
+# Label values stay bounded: senders choose event names, so unknown ones share a label.
+_KNOWN = frozenset(
+    (
+        "call.initiated",
+        "call.ringing",
+        "call.answered",
+        "call.completed",
+        "call.failed",
+        "transcription.updated",
+        "balance.low",
+    )
+)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return _json(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take webhooks: Redis answers."""
+    try:
+        await request.app[REDIS].ping()
+    except (RedisError, OSError) as exc:
+        return _json(503, {"status": "unavailable", "redis": type(exc).__name__})
+    return _json(200, {"status": "ok", "redis": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return metrics_response(request.app[METRICS].registry)
 
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
@@ -109,7 +172,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # aiohttp's own limit backs up the explicit Content-Length check for chunked bodies.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[METRICS] = ReceiverMetrics()
     app.router.add_post(settings.webhook_path, receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_route("*", settings.webhook_path, _method_not_allowed)
     app.cleanup_ctx.append(_redis_ctx(redis))
     return app

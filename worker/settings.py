@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(60.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     handler_state_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
+    worker_metrics_port: int = Field(9100, ge=0, le=65535)
 
     # Extension: extra handler modules, comma-separated.
     ringez_handlers: str = ""

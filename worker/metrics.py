@@ -1,0 +1,108 @@
+"""Prometheus metrics for the receiver and the worker, each in its own registry."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from redis.asyncio import Redis
+
+from worker.queue import Keys
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class ReceiverMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "ringez_webhooks_received_total",
+            "Webhooks accepted and queued, by event",
+            ["event"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "ringez_webhooks_rejected_total",
+            "Webhooks refused, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "ringez_webhooks_duplicate_total",
+            "Redeliveries inside the dedupe window",
+            registry=self.registry,
+        )
+        self.enqueue_seconds = Histogram(
+            "ringez_enqueue_seconds",
+            "Time to get a confirmed write from Redis",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "ringez_webhooks_in_flight", "Webhook requests being handled", registry=self.registry
+        )
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.handler_runs = Counter(
+            "ringez_handler_runs_total",
+            "Handler runs by handler and outcome (ok, failed)",
+            ["handler", "outcome"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "ringez_deliveries_retried_total",
+            "Deliveries scheduled for another try",
+            registry=self.registry,
+        )
+        self.gave_up = Counter(
+            "ringez_deliveries_failed_total",
+            "Deliveries moved to the failed-events record",
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "ringez_handler_duration_seconds",
+            "Handler run time",
+            ["handler"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "ringez_queue_depth", "Jobs waiting or running", registry=self.registry
+        )
+        self.oldest_age = Gauge(
+            "ringez_queue_oldest_age_seconds",
+            "Age of the oldest due job in the queue",
+            registry=self.registry,
+        )
+        self.failed_events = Gauge(
+            "ringez_failed_events", "Records in the failed-events record", registry=self.registry
+        )
+
+
+async def queue_stats(redis: Redis, keys: Keys) -> dict[str, float]:
+    """Depth, oldest due job's age (s) and failed-events count, in one round trip."""
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.queue)
+        pipe.zrangebyscore(keys.queue, "-inf", now_ms, start=0, num=1, withscores=True)
+        pipe.hlen(keys.failed)
+        depth, oldest, failed = await pipe.execute()
+    age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+    return {"depth": depth, "oldest_age_s": age, "failed": failed}
+
+
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
