@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 from typing import Any
@@ -185,11 +186,14 @@ class RingezWorker(Worker):
         wake_channel: str,
         presence_key: str,
         idle_poll: float = 0.5,
+        lease: float = 15.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self._presence_key = presence_key
         self._presence_at = 0.0
+        self._lease_ms = int(lease * 1000)
+        self._lease_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wake_channel = wake_channel
         self._idle_poll = max(idle_poll, 0.01)
@@ -202,6 +206,8 @@ class RingezWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen())
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.create_task(self._renew_leases())
         self._wake.clear()
         free = self.max_jobs - self.job_counter
         backlog = False
@@ -229,7 +235,9 @@ class RingezWorker(Worker):
                 await asyncio.wait_for(self._wake.wait(), self._idle_poll)
 
     async def _claim_and_start(self, job_ids: list[bytes]) -> None:
-        args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), *job_ids]
+        # A short lease, renewed while the job runs, instead of arq's job_timeout + 10 s:
+        # a killed worker's jobs are picked up by others after one lease, not minutes.
+        args = [timestamp_ms(), self._lease_ms, *job_ids]
         keys = [self.queue_name, in_progress_key_prefix]
         if self._claim_sha is None:
             self._claim_sha = await self.pool.script_load(_CLAIM)
@@ -245,6 +253,26 @@ class RingezWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    def handle_sig_wait_for_completion(self, signum: Any) -> None:
+        # arq stops taking jobs and waits up to job_completion_wait for running ones.
+        log.info("worker.stopping", signal=signal.Signals(signum).name, running=self.job_counter)
+        super().handle_sig_wait_for_completion(signum)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        # PEXPIRE, not SET: a key arq already deleted must stay deleted.
+                        pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
+                    await pipe.execute()
+            except Exception as exc:
+                log.warning("worker.lease_renewal_failed", error=type(exc).__name__)
 
     async def _presence(self) -> None:
         # `ringez-worker status` counts workers by these keys; they expire with the worker.
@@ -287,10 +315,11 @@ class RingezWorker(Worker):
         with contextlib.suppress(Exception):
             if self._pool is not None:
                 await self.pool.delete(self._presence_key)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listener
+        for task in (self._listener, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await super().close()
 
 
@@ -305,6 +334,7 @@ def create_worker(
         wake_channel=keys.wake,
         presence_key=keys.worker(name),
         idle_poll=settings.worker_poll_delay_seconds,
+        lease=settings.job_lease_seconds,
         **kwargs,
     )
 

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(100, ge=1)
     worker_poll_delay_seconds: float = Field(0.05, gt=0)
     job_timeout_seconds: float = Field(60.0, gt=0)
+    # How long a killed worker's job stays claimed before another worker takes it.
+    job_lease_seconds: float = Field(15.0, ge=0.3)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     handler_state_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
