@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -82,11 +83,15 @@ async def _receive(request: web.Request) -> web.Response:
             request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
         )
     try:
-        body = await request.read()
+        # A sender that stalls mid-body must not hold a connection and a buffer forever.
+        async with asyncio.timeout(settings.body_read_timeout_seconds):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _reject(
             request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
         )
+    except TimeoutError:
+        return _reject(request, 408, "body_timeout", "the body did not arrive in time")
 
     if not signature.verify(body, sent, settings.webhook_secrets):
         return _reject(request, 401, "invalid_signature", "signature does not match the body")

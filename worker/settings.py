@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     dedupe_window_seconds: int = Field(72 * 3600, ge=60)
     clock_skew_seconds: int = Field(300, ge=0)
+    body_read_timeout_seconds: float = Field(10.0, gt=0)
     retry_after_seconds: int = Field(5, ge=1)
 
     # Queue and worker.
