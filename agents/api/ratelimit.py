@@ -1,0 +1,137 @@
+"""A request budget shared by every worker process through Redis (sliding-window log)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+import uuid
+from typing import Protocol
+
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agents.api.errors import RateLimitWaitExceeded
+from worker.logs import get_logger
+
+log = get_logger("ringez.api.ratelimit")
+
+# One sorted set per budget: a member per granted request, scored by the Redis server's
+# clock in ms (one clock for every process, whatever their hosts' clocks say). Trim what
+# fell out of the window, grant if there is room, else say how long until the oldest
+# grant leaves it. Atomic, so N processes never grant more than `limit` between them.
+_SLIDING_WINDOW = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[3])
+  redis.call('PEXPIRE', key, window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+STANDARD_TIER = (1000, 3600.0)
+PREMIUM_TIER = (10000, 3600.0)
+
+
+class RateLimiter(Protocol):
+    """Anything the client can ask for permission before each HTTP request."""
+
+    async def acquire(self) -> None: ...
+
+
+def api_key_fingerprint(api_key: str | SecretStr) -> str:
+    """A short, stable, non-reversible name for an API key (for Redis keys and logs)."""
+    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class RedisRateLimiter:
+    """At most `limit` requests in any `period` seconds, across all processes sharing `key`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        *,
+        limit: int = STANDARD_TIER[0],
+        period: float = STANDARD_TIER[1],
+        max_wait: float = 60.0,
+        fail_open: bool = True,
+    ) -> None:
+        if limit < 1 or period <= 0 or max_wait < 0:
+            raise ValueError("limit must be >= 1, period > 0 and max_wait >= 0")
+        self.redis = redis
+        self.key = key
+        self.limit = limit
+        self.period = period
+        self.max_wait = max_wait
+        # Redis being down should not stop API calls: the API's own 429s still bound us.
+        self.fail_open = fail_open
+        self._window_ms = max(1, round(period * 1000))
+        self._script = redis.register_script(_SLIDING_WINDOW)
+        self._rng = random.Random()
+
+    @classmethod
+    def for_api_key(
+        cls,
+        redis: Redis,
+        api_key: str | SecretStr,
+        *,
+        prefix: str = "rz",
+        limit: int = STANDARD_TIER[0],
+        period: float = STANDARD_TIER[1],
+        max_wait: float = 60.0,
+        fail_open: bool = True,
+    ) -> RedisRateLimiter:
+        """The limiter for one API key's budget; the key itself appears only as a hash."""
+        return cls(
+            redis,
+            f"{prefix}:ratelimit:ringez:{api_key_fingerprint(api_key)}",
+            limit=limit,
+            period=period,
+            max_wait=max_wait,
+            fail_open=fail_open,
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter(key={self.key!r}, limit={self.limit}, period={self.period})"
+
+    async def try_acquire(self) -> float:
+        """Take one request from the budget if there is room: 0.0, else seconds to wait."""
+        wait_ms = await self._script(
+            keys=[self.key], args=[self.limit, self._window_ms, uuid.uuid4().hex]
+        )
+        return int(wait_ms) / 1000
+
+    async def acquire(self) -> None:
+        """Wait until the budget allows one more request; raise if that takes over max_wait."""
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            try:
+                wait = await self.try_acquire()
+            except RedisError as exc:
+                if not self.fail_open:
+                    raise
+                log.warning("ringez.ratelimit.unavailable", error=type(exc).__name__)
+                return
+            if wait == 0:
+                return
+            remaining = deadline - time.monotonic()
+            if wait > remaining:
+                raise RateLimitWaitExceeded(
+                    f"rate limit budget exhausted; next slot in {wait:.3f} s, "
+                    f"over the {self.max_wait:g} s wait allowed",
+                    retry_after=wait,
+                )
+            log.debug("ringez.ratelimit.wait", wait_s=wait)
+            # A little jitter so processes woken by the same freed slot do not all collide.
+            await asyncio.sleep(wait + self._rng.uniform(0, 0.005 + wait * 0.05))

@@ -1,0 +1,227 @@
+"""HTTP to the Ringez API: one aiohttp session, auth headers, retries, rate limiting, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from agents.api.errors import (
+    InvalidResponse,
+    RateLimited,
+    RingezError,
+    RingezUnavailable,
+    error_for_status,
+)
+from agents.api.ratelimit import RateLimiter
+from agents.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from worker.logs import REDACTED, get_logger
+
+log = get_logger("ringez.api")
+
+# No answer came back: safe to send again (POSTs that create carry an idempotency key).
+_TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+_MAX_ERROR_TEXT = 2048
+
+
+class HttpTransport:
+    """Sends requests to one base URL with one API key; owns its session only if it made it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+        user_agent: str = "ringez-agent-worker",
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        if not api_key.get_secret_value():
+            raise ValueError("api_key must not be empty")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.retry = retry or RetryPolicy()
+        self.rate_limiter = rate_limiter
+        self._user_agent = user_agent
+
+    def __repr__(self) -> str:
+        return f"HttpTransport(base_url={self.base_url!r})"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            # Made lazily so the client can be built outside a running event loop.
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this transport created it; a borrowed one stays open."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send one logical request, retrying what may succeed later; the JSON object answer.
+
+        Raises a RingezError subclass for an error status, RingezUnavailable when no answer
+        came back after every attempt, InvalidResponse for a 2xx that is not a JSON object.
+        """
+        url = self.base_url + path
+        data = orjson.dumps(dict(json)) if json is not None else None
+        query = _query(params)
+        all_headers = {
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+            **(headers or {}),
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+        }
+        if data is not None:
+            all_headers["Content-Type"] = "application/json"
+
+        policy = self.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            if self.rate_limiter is not None:
+                await self.rate_limiter.acquire()
+            started = time.perf_counter()
+            try:
+                async with self._get_session().request(
+                    method,
+                    url,
+                    data=data,
+                    params=query,
+                    headers=all_headers,
+                    timeout=self._timeout,
+                    # A redirect would carry the bearer token to wherever it points.
+                    allow_redirects=False,
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            except _TRANSPORT_ERRORS as exc:
+                duration_ms = _ms(started)
+                last = attempt == policy.max_attempts
+                delay = 0.0 if last else policy.backoff(attempt)
+                log.warning(
+                    "ringez.request.failed",
+                    method=method,
+                    path=path,
+                    attempt=attempt,
+                    error=type(exc).__name__,
+                    duration_ms=duration_ms,
+                    retry_in_s=None if last else round(delay, 3),
+                )
+                if last:
+                    raise RingezUnavailable(
+                        f"no answer from {method} {path} after {attempt} attempts "
+                        f"({type(exc).__name__})",
+                        method=method,
+                        path=path,
+                    ) from exc
+                await asyncio.sleep(delay)
+                continue
+
+            duration_ms = _ms(started)
+            if 200 <= status < 300:
+                log.info(
+                    "ringez.request",
+                    method=method,
+                    path=path,
+                    status=status,
+                    attempt=attempt,
+                    duration_ms=duration_ms,
+                )
+                return self._decode_ok(raw, status, method, path)
+
+            error = error_for_status(
+                status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
+            )
+            delay = self._retry_delay(error, status, attempt, retry_after)
+            log.warning(
+                "ringez.request",
+                method=method,
+                path=path,
+                status=status,
+                attempt=attempt,
+                duration_ms=duration_ms,
+                error=type(error).__name__,
+                retry_in_s=None if delay is None else round(delay, 3),
+            )
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_delay(
+        self, error: RingezError, status: int, attempt: int, retry_after: float | None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to raise `error` now."""
+        if status not in RETRY_STATUSES or attempt >= self.retry.max_attempts:
+            return None
+        if isinstance(error, RateLimited) and retry_after is not None:
+            # Honour the server's wait; one longer than we are willing to sleep goes up to
+            # the caller (the job queue can defer the job) instead of being cut short.
+            return retry_after if retry_after <= self.retry.max_retry_after else None
+        return self.retry.backoff(attempt)
+
+    def _scrubbed_text(self, raw: bytes) -> str:
+        # An error page echoing the request headers must not smuggle the key into an error.
+        text = raw.decode("utf-8", errors="replace")
+        return text.replace(self._api_key.get_secret_value(), REDACTED)
+
+    def _decode_error(self, raw: bytes) -> Any:
+        text = self._scrubbed_text(raw)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text[:_MAX_ERROR_TEXT] or None
+
+    def _decode_ok(self, raw: bytes, status: int, method: str, path: str) -> dict[str, Any]:
+        if not raw.strip():
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidResponse(
+                f"{status} from {method} {path} is not a JSON object",
+                status=status,
+                body=self._scrubbed_text(raw)[:_MAX_ERROR_TEXT],
+                method=method,
+                path=path,
+            )
+        return body
+
+
+def _query(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out or None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
