@@ -4,6 +4,8 @@ Jobs are written with a start time a few seconds ahead, so every worker is up an
 idle when they become due; the clock runs from that moment to an empty queue.
 Loopback only, bounded, stops by itself.
 
+Also reports each worker's peak RSS (VmHWM from /proc) during the run.
+
     python bench/drain.py --events 20000 --workers 1
 """
 
@@ -21,6 +23,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import proc_status  # noqa: E402
 from tests.processes import Proc  # noqa: E402
 from worker.cli import build_event  # noqa: E402
 from worker.queue import Keys, job_bytes  # noqa: E402
@@ -39,14 +42,19 @@ def load(client: redis.Redis, keys: Keys, events: int, due_ms: int) -> None:
     pipe.execute()
 
 
-def wait_subscribed(client: redis.Redis, keys: Keys, workers: int, deadline_s: float = 60) -> None:
+def wait_subscribed(
+    client: redis.Redis, keys: Keys, procs: list[Proc], deadline_s: float = 60
+) -> None:
     """Every worker subscribes to the wake channel once it polls: that is readiness."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if dict(client.pubsub_numsub(keys.wake)).get(keys.wake.encode(), 0) >= workers:
+        if dict(client.pubsub_numsub(keys.wake)).get(keys.wake.encode(), 0) >= len(procs):
             return
+        if any(p.popen.poll() is not None for p in procs):
+            break
         time.sleep(0.05)
-    raise SystemExit("workers did not start")
+    tails = "\n".join(p.output()[-1500:] for p in procs)
+    raise SystemExit(f"workers did not start:\n{tails}")
 
 
 def run(events: int, workers: int, lead_s: float, log_level: str) -> dict[str, float]:
@@ -58,10 +66,12 @@ def run(events: int, workers: int, lead_s: float, log_level: str) -> dict[str, f
             "RINGEZ_HANDLERS": "bench.noop_handlers",
             "LOG_LEVEL": log_level,
             "RINGEZ_WEBHOOK_SECRET": "whsec_bench",
+            # No metrics port: several workers (or anything else on 9100) must not collide.
+            "WORKER_METRICS_PORT": "0",
         }
         procs = [Proc("worker", env=env) for _ in range(workers)]
         try:
-            wait_subscribed(client, keys, workers)
+            wait_subscribed(client, keys, procs)
             due_ms = int((time.time() + lead_s) * 1000)
             load(client, keys, events, due_ms)
             if time.time() * 1000 > due_ms:
@@ -72,6 +82,8 @@ def run(events: int, workers: int, lead_s: float, log_level: str) -> dict[str, f
             elapsed = time.time() - due_ms / 1000
             left = client.zcard(keys.queue)
             done = sum(1 for _ in client.scan_iter("rz:done:*", count=5000))
+            # Peak RSS of each worker over the whole run (VmHWM), read before they stop.
+            peaks = [proc_status(p.popen.pid).get("VmHWM", 0) for p in procs]
         finally:
             for p in procs:
                 p.stop()
@@ -82,6 +94,7 @@ def run(events: int, workers: int, lead_s: float, log_level: str) -> dict[str, f
             "events_per_s": round(events / elapsed, 1),
             "left_in_queue": left,
             "completion_records": done,
+            "worker_vmhwm_mb": [round(kb / 1024, 1) for kb in peaks],
         }
 
 
