@@ -1,1 +1,33 @@
-"""Built-in agents that act on events through the Ringez API."""
+"""Built-in agents that act on events through the Ringez API.
+
+They are wired through the same Router users register their handlers on.
+"""
+
+from __future__ import annotations
+
+from agents.config import AgentSettings
+from agents.escalation import EscalationAgent
+from agents.recharge import RechargeAgent
+from agents.support import SupportAgent
+from handlers.router import Router
+
+__all__ = ["AgentSettings", "EscalationAgent", "RechargeAgent", "SupportAgent", "build_agents"]
+
+
+def build_agents(config: AgentSettings) -> tuple[Router, list[object]]:
+    """A Router with the enabled agents' handlers, and the agent objects themselves."""
+    router = Router()
+    agents: list[object] = []
+    escalation = EscalationAgent(config) if config.enabled("escalation") else None
+    if escalation is not None:
+        escalation.register(router)
+        agents.append(escalation)
+    if config.enabled("support"):
+        support = SupportAgent(config, escalation)
+        support.register(router)
+        agents.append(support)
+    if config.enabled("recharge"):
+        recharge = RechargeAgent(config)
+        recharge.register(router)
+        agents.append(recharge)
+    return router, agents

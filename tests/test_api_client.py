@@ -781,3 +781,46 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after("nan") is None
     assert parse_retry_after(None) is None
+
+
+# Actions carry no idempotency key: re-sent only when they surely did not run.
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_transfer_is_not_resent_after_an_ambiguous_5xx(
+    api: FakeRingez, client: RingezClient, status: int
+):
+    path = "/calls/c1/actions"
+    api.script("POST", path, Reply(status), Reply(200, {"call_id": "c1", "status": "executed"}))
+    with pytest.raises(ServerError) as caught:
+        await client.calls.transfer("c1", transfer_to="+15005550006")
+    assert len(api.requests_to("POST", path)) == 1
+    assert caught.value.maybe_executed
+
+
+async def test_a_transfer_is_not_resent_after_a_timeout(api: FakeRingez) -> None:
+    path = "/calls/c1/actions"
+    api.script("POST", path, Reply(hang=True), Reply(200, {"call_id": "c1"}))
+    async with make_client(api.base_url, timeout=0.3) as c:
+        with pytest.raises(RingezUnavailable) as caught:
+            await c.calls.transfer("c1", transfer_to="+15005550006")
+    assert len(api.requests_to("POST", path)) == 1
+    assert caught.value.maybe_executed
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_transfer_is_resent_after_an_answer_that_says_it_did_not_run(
+    api: FakeRingez, client: RingezClient, status: int
+):
+    path = "/calls/c1/actions"
+    api.script("POST", path, Reply(status), Reply(200, {"call_id": "c1", "status": "executed"}))
+    result = await client.calls.transfer("c1", transfer_to="+15005550006")
+    assert result.status == "executed"
+    assert len(api.requests_to("POST", path)) == 2
+
+
+async def test_a_refused_connection_is_known_not_to_have_run() -> None:
+    async with make_client(f"http://127.0.0.1:{free_port()}/api/v1", max_attempts=2) as c:
+        with pytest.raises(RingezUnavailable) as caught:
+            await c.calls.transfer("c1", transfer_to="+15005550006")
+    assert not caught.value.maybe_executed

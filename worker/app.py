@@ -23,6 +23,8 @@ from arq.utils import timestamp_ms
 from arq.worker import func
 from redis.exceptions import NoScriptError
 
+from agents import AgentSettings, build_agents
+from agents.api import RingezClient
 from handlers.loading import load_router
 from handlers.router import Router
 from worker.dispatch import Dispatcher
@@ -50,11 +52,23 @@ async def handle_event(
     return outcome.as_dict()
 
 
-def build_router(settings: Settings, extra: Router | None = None) -> Router:
-    """Built-in agents, then user handlers from settings and entry points."""
+def build_router(
+    settings: Settings,
+    extra: Router | None = None,
+    *,
+    agent_settings: AgentSettings | None = None,
+) -> Router:
+    """Built-in agents (when an API key is set), then user handlers from settings and
+    entry points: all through one Router, the agents with no private path."""
     router = Router()
     if extra is not None:
         router.include(extra)
+    config = agent_settings if agent_settings is not None else AgentSettings()
+    if settings.ringez_api_key is None:
+        if config.agents_enabled.strip():
+            log.warning("agents.disabled", why="RINGEZ_API_KEY is not set")
+    else:
+        router.include(build_agents(config)[0])
     router.include(
         load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
     )
@@ -116,9 +130,17 @@ def worker_settings(settings: Settings, *, router: Router | None = None) -> dict
     async def on_startup(ctx: dict[str, Any]) -> None:
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         metrics = WorkerMetrics()
+        ringez = (
+            RingezClient.from_settings(settings, redis=ctx["redis"])
+            if settings.ringez_api_key is not None
+            else None
+        )
         ctx["settings"] = settings
         ctx["metrics"] = metrics
-        ctx["dispatcher"] = Dispatcher(routes, settings, ctx["redis"], keys=keys, metrics=metrics)
+        ctx["ringez"] = ringez
+        ctx["dispatcher"] = Dispatcher(
+            routes, settings, ctx["redis"], keys=keys, metrics=metrics, ringez=ringez
+        )
         ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         log.info(
             "worker.started",
@@ -129,6 +151,8 @@ def worker_settings(settings: Settings, *, router: Router | None = None) -> dict
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("http") is not None:
             await ctx["http"].cleanup()
+        if ctx.get("ringez") is not None:
+            await ctx["ringez"].aclose()
         log.info("worker.stopped")
 
     return {

@@ -76,6 +76,40 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.dev import DEFAULT_SCENARIOS, run_dev
+
+    configure_logging(
+        settings.log_level,
+        "console" if settings.log_format == "auto" else settings.log_format,
+        settings.secret_values(),
+    )
+    _use_uvloop()
+    scenarios = tuple(s for s in (args.scenarios or ",".join(DEFAULT_SCENARIOS)).split(",") if s)
+    return asyncio.run(
+        run_dev(
+            settings,
+            scenarios=scenarios,
+            sandbox_port=args.sandbox_port,
+            exit_after_scenarios=args.exit_after_scenarios,
+        )
+    )
+
+
+def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.sandbox import config_from_settings, run_sandbox
+
+    _setup(settings)
+    config = config_from_settings(settings)
+    if args.receiver_url:
+        config.receiver_url = args.receiver_url
+    try:
+        asyncio.run(run_sandbox(config, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_event(event: str, data: dict, timestamp: str | None = None) -> bytes:
     """A webhook body shaped as Ringez sends it."""
     stamp = timestamp or datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -229,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the webhook receiver (the `web` process)")
     serve.add_argument("--port", type=int, default=None, help="override PORT")
     serve.set_defaults(run=cmd_serve)
+
+    dev = sub.add_parser(
+        "dev", help="run everything locally: embedded Redis, sandbox, receiver, worker, agents"
+    )
+    dev.add_argument("--scenarios", default=None, help="comma-separated scenario names")
+    dev.add_argument("--sandbox-port", type=int, default=0, help="default: a free port")
+    dev.add_argument(
+        "--exit-after-scenarios", action="store_true", help="stop once the scenarios are done"
+    )
+    dev.set_defaults(run=cmd_dev)
+
+    sandbox = sub.add_parser("sandbox", help="run the local Ringez API sandbox alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--receiver-url", default=None, help="where its webhooks go")
+    sandbox.set_defaults(run=cmd_sandbox)
 
     work = sub.add_parser("worker", help="run the arq worker (the `worker` process)")
     work.set_defaults(run=cmd_worker)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Answers that say the request was not carried out, so sending it again cannot repeat it.
+NOT_EXECUTED_STATUSES = frozenset({429, 503})
+
 
 class RingezError(Exception):
     """Any failure talking to the Ringez API.
@@ -31,6 +34,9 @@ class RingezError(Exception):
         self.body = body
         self.method = method
         self.path = path
+        # True when the request may have been carried out although no success came back
+        # (a timeout or a dropped connection after sending, a 500/502/504).
+        self.maybe_executed = False
 
     @property
     def code(self) -> str | None:

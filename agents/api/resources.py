@@ -34,8 +34,11 @@ class Resource:
         *,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
     ) -> M:
-        data = await self._client.request(method, path, json=json, params=params)
+        data = await self._client.request(
+            method, path, json=json, params=params, idempotent=idempotent
+        )
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -176,10 +179,13 @@ class Calls(Resource):
     async def action(
         self, call_id: str, action: str, parameters: Mapping[str, Any] | None = None
     ) -> m.CallActionResult:
-        """POST /calls/{call_id}/actions with any action name and parameters."""
+        """POST /calls/{call_id}/actions with any action name and parameters.
+
+        Actions carry no idempotency key, so a transfer or DTMF is never re-sent once it
+        may have run: an ambiguous failure raises with `maybe_executed` set."""
         body = _fields(action=action, parameters=_obj(parameters))
         path = f"/calls/{_seg(call_id)}/actions"
-        return await self._send(m.CallActionResult, "POST", path, json=body)
+        return await self._send(m.CallActionResult, "POST", path, json=body, idempotent=False)
 
     async def dtmf(self, call_id: str, digits: str) -> m.CallActionResult:
         """Send DTMF tones."""

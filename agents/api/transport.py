@@ -12,6 +12,7 @@ import orjson
 from pydantic import SecretStr
 
 from agents.api.errors import (
+    NOT_EXECUTED_STATUSES,
     InvalidResponse,
     RateLimited,
     RingezError,
@@ -79,8 +80,13 @@ class HttpTransport:
         headers: Mapping[str, str] | None = None,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
     ) -> dict[str, Any]:
         """Send one logical request, retrying what may succeed later; the JSON object answer.
+
+        `idempotent=False` (call actions such as a transfer, which carry no idempotency
+        key) retries only when the request surely did not run: no connection was made,
+        or a 429/503 answer. Anything else fails at once with `maybe_executed` set.
 
         Raises a RingezError subclass for an error status, RingezUnavailable when no answer
         came back after every attempt, InvalidResponse for a 2xx that is not a JSON object.
@@ -118,7 +124,8 @@ class HttpTransport:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except _TRANSPORT_ERRORS as exc:
                 duration_ms = _ms(started)
-                last = attempt == policy.max_attempts
+                unsent = isinstance(exc, aiohttp.ClientConnectorError)
+                last = attempt == policy.max_attempts or (not idempotent and not unsent)
                 delay = 0.0 if last else policy.backoff(attempt)
                 log.warning(
                     "ringez.request.failed",
@@ -130,12 +137,14 @@ class HttpTransport:
                     retry_in_s=None if last else round(delay, 3),
                 )
                 if last:
-                    raise RingezUnavailable(
+                    unavailable = RingezUnavailable(
                         f"no answer from {method} {path} after {attempt} attempts "
                         f"({type(exc).__name__})",
                         method=method,
                         path=path,
-                    ) from exc
+                    )
+                    unavailable.maybe_executed = not unsent
+                    raise unavailable from exc
                 await asyncio.sleep(delay)
                 continue
 
@@ -155,6 +164,10 @@ class HttpTransport:
                 status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
             )
             delay = self._retry_delay(error, status, attempt, retry_after)
+            if status >= 500 and status not in NOT_EXECUTED_STATUSES:
+                error.maybe_executed = True
+                if not idempotent:
+                    delay = None
             log.warning(
                 "ringez.request",
                 method=method,

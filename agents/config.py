@@ -1,0 +1,87 @@
+"""Settings of the built-in agents: each can be switched off and tuned from the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.phone import is_e164
+
+ALL_AGENTS = ("support", "escalation", "recharge")
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Comma-separated subset of support, escalation, recharge; empty turns them all off.
+    agents_enabled: str = ",".join(ALL_AGENTS)
+
+    # Support agent.
+    support_context_segments: int = Field(10, ge=1, le=200)
+    support_state_ttl_seconds: int = Field(4 * 3600, ge=60)
+    support_escalation_intents: str = "escalation_request"
+    summary_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # Escalation agent.
+    escalation_sentiment_threshold: float = Field(-0.6, ge=-1, le=1)
+    escalation_department: str = "support"
+    escalation_skill: str = "general"
+    escalation_priority: str = "high"
+    escalation_default_number: str | None = None
+    escalation_claim_ttl_seconds: int = Field(24 * 3600, ge=60)
+
+    # Low-balance recharge agent.
+    recharge_threshold_minutes: float = Field(10.0, ge=0)
+    recharge_plan: str = "starter"
+    recharge_payment_method: str = "stripe"
+    recharge_payment_token: SecretStr | None = None
+    recharge_currency: str = "USD"
+    recharge_amount: float = Field(10.0, gt=0)
+    recharge_daily_max_count: int = Field(3, ge=0)
+    recharge_daily_max_amount: float = Field(100.0, ge=0)
+    recharge_dry_run: bool = False
+    recharge_lock_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("agents_enabled")
+    @classmethod
+    def _known_agents(cls, value: str) -> str:
+        unknown = {a.strip() for a in value.split(",") if a.strip()} - set(ALL_AGENTS)
+        if unknown:
+            raise ValueError(f"unknown agents {sorted(unknown)}; choose from {list(ALL_AGENTS)}")
+        return value
+
+    @field_validator("escalation_default_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == "":
+            return None
+        if value is not None and not is_e164(value):
+            raise ValueError("must be an E.164 number such as +14155550100")
+        return value
+
+    @field_validator("recharge_payment_method")
+    @classmethod
+    def _payment_method(cls, value: str) -> str:
+        if value not in ("paypal", "cashfree", "stripe"):
+            raise ValueError("must be paypal, cashfree or stripe")
+        return value
+
+    @field_validator("recharge_plan")
+    @classmethod
+    def _plan(cls, value: str) -> str:
+        if value not in ("starter", "popular", "best_value"):
+            raise ValueError("must be starter, popular or best_value")
+        return value
+
+    def enabled(self, agent: str) -> bool:
+        return agent in {a.strip() for a in self.agents_enabled.split(",")}
+
+    @property
+    def escalation_intents(self) -> frozenset[str]:
+        return frozenset(i.strip() for i in self.support_escalation_intents.split(",") if i.strip())
+
+    def secret_values(self) -> list[str]:
+        token = self.recharge_payment_token
+        return [token.get_secret_value()] if token and len(token.get_secret_value()) >= 4 else []

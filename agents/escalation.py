@@ -1,0 +1,172 @@
+"""Escalation agent: transfers an unhappy caller to a human, at most once per call.
+
+Watches the caller's final transcript segments (sentiment-analysis on each), and takes
+hand-overs from the support agent. Before any transfer it takes a claim in Redis that
+also checks the call has not ended; the claim is released only when the transfer
+definitely did not happen, so redeliveries, retries and concurrent workers can never
+transfer a call twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.config import AgentSettings
+from agents.phone import InvalidNumber, is_e164
+from agents.state import CallKeys
+from handlers import Context, Event, Router, TranscriptionUpdated
+
+ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
+
+# Claim only a call that has not ended and that nobody has claimed.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'ended' end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 'claimed' end
+return 'held'
+"""
+# Release only our own claim.
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v)['delivery_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class EscalationUncertain(Exception):
+    """The transfer request may or may not have reached Ringez; a person must look."""
+
+    retryable = False
+
+
+class EscalationAgent:
+    name = "escalation"
+
+    def __init__(self, config: AgentSettings) -> None:
+        self.config = config
+
+    def register(self, router: Router) -> None:
+        router.add(
+            "transcription.updated", self.on_transcription, name="agents.escalation.sentiment"
+        )
+        router.add("call.completed", self.on_call_ended, name="agents.escalation.call_ended")
+        router.add("call.failed", self.on_call_ended, name="agents.escalation.call_ended")
+
+    async def on_call_ended(self, event: Event, ctx: Context) -> None:
+        """Mark the call ended first thing, so no late segment can start a transfer."""
+        keys = CallKeys(ctx.settings.key_prefix, event.call_id or "")
+        await ctx.redis.set(keys.ended, event.event, ex=self.config.escalation_claim_ttl_seconds)
+
+    async def on_transcription(self, event: TranscriptionUpdated, ctx: Context) -> None:
+        data = event.data
+        if not data.is_final or (data.speaker not in (None, "caller")) or not data.text.strip():
+            return
+        keys = CallKeys(ctx.settings.key_prefix, data.call_id)
+        # Cheap check first: no sentiment calls once the call is escalated or over.
+        if await ctx.redis.exists(keys.escalation, keys.ended):
+            return
+        analysis = await ctx.ringez.agents.analyze_sentiment(
+            call_id=data.call_id, transcript_segment=data.text, include_recommendations=True
+        )
+        score = float(analysis.sentiment_score or 0.0)
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(keys.sentiments, score)
+            pipe.expire(keys.sentiments, self.config.support_state_ttl_seconds)
+            await pipe.execute()
+        ctx.log.info(
+            "escalation.sentiment",
+            score=score,
+            sentiment=analysis.sentiment,
+            recommended=bool(analysis.escalation_recommended),
+        )
+        if score < self.config.escalation_sentiment_threshold:
+            await self.escalate(event, ctx, reason=f"sentiment {score:.2f}")
+        elif analysis.escalation_recommended:
+            await self.escalate(event, ctx, reason="escalation recommended by sentiment analysis")
+
+    async def escalate(self, event: Event, ctx: Context, *, reason: str) -> str | None:
+        """Transfer the call to a human once; returns the number, or None if not transferred."""
+        call_id = event.call_id or ""
+        keys = CallKeys(ctx.settings.key_prefix, call_id)
+        claim = orjson.dumps({"delivery_id": ctx.delivery_id, "state": "claimed", "reason": reason})
+        outcome = await ctx.redis.eval(
+            _CLAIM, 2, keys.escalation, keys.ended, claim, self.config.escalation_claim_ttl_seconds
+        )
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome != "claimed":
+            ctx.log.info(
+                "escalation.skipped", why="call ended" if outcome == "ended" else "claimed"
+            )
+            return None
+
+        sent = False
+        try:
+            call = await ctx.ringez.calls.get(call_id)
+            if call.status in ENDED_STATUSES:
+                await self._set_state(ctx, keys, claim, "skipped", status=call.status)
+                ctx.log.info("escalation.skipped", why=f"call is {call.status}")
+                return None
+            target = await self._route(event, ctx)
+            note = f"Escalated by ringez-agent-worker: {reason}"
+            sent = True
+            await ctx.ringez.calls.transfer(call_id, transfer_to=target, transfer_note=note)
+        except Exception as exc:
+            if sent and not _definitely_refused(exc):
+                await self._set_state(ctx, keys, claim, "uncertain", error=type(exc).__name__)
+                ctx.log.error("escalation.uncertain", error=f"{type(exc).__name__}: {exc}")
+                raise EscalationUncertain(
+                    f"transfer of {call_id} may have happened: {type(exc).__name__}"
+                ) from exc
+            # Nothing was transferred: free the claim so a retry or a later segment can.
+            await ctx.redis.eval(_RELEASE, 1, keys.escalation, ctx.delivery_id)
+            ctx.log.warning("escalation.failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        await self._set_state(ctx, keys, claim, "transferred", transfer_to=target)
+        ctx.log.info("escalation.transferred", transfer_to=target, reason=reason)
+        return target
+
+    async def _route(self, event: Event, ctx: Context) -> str:
+        caller: dict[str, Any] = {"language": "en-US"}
+        number = getattr(event.data, "from_number", None)
+        if is_e164(number):
+            caller["phone_number"] = number
+        routing = await ctx.ringez.agents.route_call(
+            caller_info=caller,
+            routing_criteria={
+                "department": self.config.escalation_department,
+                "skill_required": self.config.escalation_skill,
+                "priority": self.config.escalation_priority,
+            },
+        )
+        candidates = []
+        if routing.agent_available:
+            candidates.append(routing.route_to)
+        candidates += [_option_number(o) for o in routing.fallback_options or []][:1]
+        candidates.append(self.config.escalation_default_number)
+        for number in candidates:
+            if is_e164(number):
+                return number  # type: ignore[return-value]
+        raise InvalidNumber("no E.164 transfer target from routing, fallbacks or the default")
+
+    async def _set_state(
+        self, ctx: Context, keys: CallKeys, claim: bytes, state: str, **fields: Any
+    ) -> None:
+        record = {**orjson.loads(claim), "state": state, **fields}
+        await ctx.redis.set(keys.escalation, orjson.dumps(record), keepttl=True)
+
+
+def _option_number(option: Any) -> str | None:
+    if isinstance(option, dict):
+        return option.get("route_to") or option.get("number")
+    if isinstance(option, str):
+        return option
+    return getattr(option, "route_to", None)
+
+
+def _definitely_refused(exc: BaseException) -> bool:
+    """True when the transfer surely did not run: a 4xx or 503 answer, or no connection."""
+    if getattr(exc, "maybe_executed", True):
+        return False
+    status = getattr(exc, "status", None)
+    return status is None or status == 503 or (400 <= status < 500 and status != 408)

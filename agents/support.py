@@ -1,0 +1,150 @@
+"""Support agent: follows the conversation, detects intents, routes them, sums the call up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from agents.config import AgentSettings
+from agents.escalation import EscalationAgent
+from agents.state import CallKeys
+from handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
+
+IntentHandler = Callable[[TranscriptionUpdated, Any, Context], Awaitable[Any]]
+
+
+class SupportAgent:
+    """Registers its handlers on a Router; users add intent handlers with `on_intent`."""
+
+    name = "support"
+
+    def __init__(self, config: AgentSettings, escalation: EscalationAgent | None = None) -> None:
+        self.config = config
+        self.escalation = escalation
+        self._intents: dict[str, list[IntentHandler]] = {}
+        self.on_intent("account_inquiry")(answer_account_inquiry)
+
+    def on_intent(self, *intents: str) -> Callable[[IntentHandler], IntentHandler]:
+        """Register `func(event, intent, ctx)` for the named intents."""
+
+        def register(func: IntentHandler) -> IntentHandler:
+            for intent in intents:
+                self._intents.setdefault(intent, []).append(func)
+            return func
+
+        return register
+
+    def register(self, router: Router) -> None:
+        router.add("call.answered", self.on_answered, name="agents.support.call_answered")
+        router.add("transcription.updated", self.on_transcription, name="agents.support.intent")
+        router.add("call.completed", self.on_ended, name="agents.support.summary")
+        router.add("call.failed", self.on_ended, name="agents.support.summary")
+
+    async def on_answered(self, event: CallAnswered, ctx: Context) -> None:
+        keys = CallKeys(ctx.settings.key_prefix, event.data.call_id)
+        opened = {"session_id": event.data.session_id, "answered_at": event.data.answered_at}
+        await ctx.redis.set(
+            keys.opened, orjson.dumps(opened), ex=self.config.support_state_ttl_seconds
+        )
+        ctx.log.info("support.conversation_opened")
+
+    async def on_transcription(self, event: TranscriptionUpdated, ctx: Context) -> None:
+        data = event.data
+        keys = CallKeys(ctx.settings.key_prefix, data.call_id)
+        ttl = self.config.support_state_ttl_seconds
+        if not data.is_final:
+            # Interim text only updates the live line; intents are read from final segments.
+            await ctx.redis.set(keys.live, data.text, ex=ttl)
+            return
+        segment = {"speaker": data.speaker, "text": data.text, "at": time.time()}
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(keys.segments, orjson.dumps(segment))
+            pipe.ltrim(keys.segments, -self.config.support_context_segments, -1)
+            pipe.expire(keys.segments, ttl)
+            pipe.delete(keys.live)
+            pipe.lrange(keys.intents, -3, -1)
+            *_, previous = await pipe.execute()
+        if data.speaker not in (None, "caller") or not data.text.strip():
+            return
+
+        intent = await ctx.ringez.agents.detect_intent(
+            call_id=data.call_id,
+            transcript_segment=data.text,
+            context={"previous_intents": [p.decode() for p in previous]},
+        )
+        name = intent.intent or "unknown"
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(keys.intents, name)
+            pipe.expire(keys.intents, ttl)
+            await pipe.execute()
+        ctx.log.info("support.intent", intent=name, confidence=intent.confidence)
+
+        if name in self.config.escalation_intents:
+            if self.escalation is None:
+                ctx.log.warning("support.escalation_disabled", intent=name)
+                return
+            await self.escalation.escalate(event, ctx, reason=f"caller intent {name}")
+            return
+        for handler in self._intents.get(name, []):
+            await handler(event, intent, ctx)
+
+    async def on_ended(self, event: Event, ctx: Context) -> None:
+        call_id = event.call_id or ""
+        keys = CallKeys(ctx.settings.key_prefix, call_id)
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.intents, 0, -1)
+            pipe.lrange(keys.sentiments, 0, -1)
+            pipe.get(keys.escalation)
+            intents, sentiments, escalation = await pipe.execute()
+
+        lines = 0
+        if event.event == "call.completed":
+            from agents.api.errors import NotFound
+
+            try:
+                transcript = await ctx.ringez.transcripts.get(call_id)
+                lines = len(transcript.transcript or [])
+            except NotFound:
+                pass  # no transcript kept for this call
+        scores = [float(s) for s in sentiments]
+        summary = {
+            "call_id": call_id,
+            "session_id": event.session_id,
+            "outcome": event.event.removeprefix("call."),
+            "reason": getattr(event.data, "reason", None),
+            "duration": getattr(event.data, "duration", None),
+            "cost": getattr(event.data, "cost", None),
+            "intents": [i.decode() for i in intents],
+            "sentiment": _trend(scores),
+            "escalated": orjson.loads(escalation).get("state") if escalation else None,
+            "transcript_lines": lines,
+        }
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.summary, orjson.dumps(summary), ex=self.config.summary_ttl_seconds)
+            pipe.delete(*keys.live_state())
+            await pipe.execute()
+        ctx.log.info("support.call_summary", **{k: v for k, v in summary.items() if k != "call_id"})
+
+
+def _trend(scores: list[float]) -> dict[str, Any]:
+    if not scores:
+        return {"samples": 0}
+    return {
+        "samples": len(scores),
+        "first": scores[0],
+        "last": scores[-1],
+        "min": min(scores),
+        "mean": round(sum(scores) / len(scores), 3),
+    }
+
+
+async def answer_account_inquiry(event: TranscriptionUpdated, intent: Any, ctx: Context) -> None:
+    """Built-in example: answer from the call's wallet balance, spoken back with TTS."""
+    balance = await ctx.ringez.wallet.balance(event.data.session_id)
+    minutes = balance.balance.minutes if balance.balance else None
+    text = f"You have {minutes:g} minutes left." if minutes is not None else "Let me check that."
+    audio = await ctx.ringez.agents.synthesize_voice(text=text)
+    ctx.log.info("support.account_answer", minutes=minutes, audio_url=audio.audio_url)

@@ -1,0 +1,90 @@
+"""A whole stack for agent tests: the sandbox (a local Ringez), the real receiver, and
+workers with the built-in agents, all on loopback and a real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from agents import AgentSettings, build_agents
+from tests.conftest import SECRET, make_settings, running_worker
+from worker.receiver import create_app
+from worker.sandbox import REQUEST_LOG, RunningSandbox, SandboxConfig, start_sandbox
+from worker.sandbox.config import EmitterConfig
+from worker.settings import Settings
+
+PATH = "/webhooks/ringez"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    sandbox: RunningSandbox
+    receiver_url: str
+    workers: list[Any] = field(default_factory=list)
+
+    def requests(self, path_suffix: str, **json_match: Any) -> list[dict[str, Any]]:
+        """API requests the sandbox received on a path ending with `path_suffix`."""
+        found = []
+        for entry in self.sandbox.app[REQUEST_LOG]:
+            body = entry.get("json") or {}
+            if entry["path"].endswith(path_suffix) and all(
+                body.get(k) == v for k, v in json_match.items()
+            ):
+                found.append(entry)
+        return found
+
+    def transfers(self, call_id: str) -> list[dict[str, Any]]:
+        return self.requests(f"/calls/{call_id}/actions", action="transfer")
+
+    def charges(self, session_id: str) -> list[dict[str, Any]]:
+        return self.requests("/wallet/add-credits", session_id=session_id)
+
+
+@contextlib.asynccontextmanager
+async def agent_stack(
+    redis_url: str,
+    *,
+    workers: int = 1,
+    duplicate: bool = False,
+    agent_config: dict[str, Any] | None = None,
+    sandbox_config: dict[str, Any] | None = None,
+    **settings_overrides: Any,
+) -> AsyncIterator[Stack]:
+    receiver_server = None
+    sandbox = await start_sandbox(
+        SandboxConfig(
+            webhook_secret=SECRET,
+            pacing_seconds=0.02,
+            escalation_wait_seconds=10,
+            emitter=EmitterConfig(backoff_seconds=0.05, duplicate=duplicate),
+            **(sandbox_config or {}),
+        )
+    )
+    try:
+        settings = make_settings(
+            redis_url,
+            ringez_api_url=sandbox.api_url,
+            ringez_api_key="sk_test_agents",
+            **settings_overrides,
+        )
+        receiver_server = TestServer(create_app(settings))
+        await receiver_server.start_server()
+        receiver_url = str(receiver_server.make_url(PATH))
+        config = AgentSettings(_env_file=None, **(agent_config or {}))
+        stack = Stack(settings=settings, sandbox=sandbox, receiver_url=receiver_url)
+        async with contextlib.AsyncExitStack() as stacked:
+            for _ in range(workers):
+                router, _ = build_agents(config)
+                stack.workers.append(
+                    await stacked.enter_async_context(running_worker(settings, router))
+                )
+            yield stack
+    finally:
+        if receiver_server is not None:
+            await receiver_server.close()
+        await sandbox.close()

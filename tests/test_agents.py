@@ -1,0 +1,179 @@
+"""The three agents, driven by the sandbox's scenarios over real Redis and loopback HTTP;
+the assertions are on the requests the sandbox (our local Ringez) received."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from tests.agent_stack import agent_stack
+from tests.conftest import event_body, wait_for
+from worker.cli import post_webhook
+from worker.envelope import delivery_id
+from worker.sandbox import start_scenario
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def queue_empty(redis_client, settings) -> bool:
+    return await redis_client.zcard(settings.queue_name) == 0
+
+
+def drained(redis_client, settings):
+    async def check() -> bool:
+        return await queue_empty(redis_client, settings)
+
+    return check
+
+
+async def test_angry_caller_is_transferred_once_despite_duplicates_and_two_workers(
+    redis_url, redis_client
+):
+    async with agent_stack(redis_url, workers=2, duplicate=True) as stack:
+        run = start_scenario(stack.sandbox.sandbox, "angry", stack.receiver_url)
+        await asyncio.wait_for(run.task, 30)
+        await wait_for(drained(redis_client, stack.settings), what="every event handled")
+
+        transfers = stack.transfers(run.call_id)
+        assert len(transfers) == 1, transfers
+        routed = stack.sandbox.sandbox.routing.route_to
+        assert transfers[0]["json"]["parameters"]["transfer_to"] == routed
+        assert stack.sandbox.sandbox.state.get_call(run.call_id).transferred_to == routed
+
+        summary = orjson.loads(await redis_client.get(f"rz:summary:{run.call_id}"))
+        assert summary["escalated"] == "transferred"
+        assert "escalation_request" in summary["intents"]
+        assert summary["sentiment"]["min"] <= -0.6
+        # Every event really was delivered twice, and the duplicates were answered 200.
+        deliveries = [d for e in stack.sandbox.sandbox.events for d in e.deliveries]
+        assert sum(d.duplicate for d in deliveries) == len(deliveries) // 2
+        # Sequential copies: the first is accepted, its twin is recognised as a duplicate.
+        assert {(d.duplicate, d.attempts[-1].status) for d in deliveries} == {
+            (False, 202),
+            (True, 200),
+        }
+
+
+async def test_calm_caller_is_never_transferred(redis_url, redis_client):
+    async with agent_stack(redis_url) as stack:
+        run = start_scenario(stack.sandbox.sandbox, "calm", stack.receiver_url)
+        await asyncio.wait_for(run.task, 30)
+        await wait_for(drained(redis_client, stack.settings), what="every event handled")
+        assert stack.transfers(run.call_id) == []
+        assert len(stack.requests("/agents/sentiment-analysis")) >= 2
+        summary = orjson.loads(await redis_client.get(f"rz:summary:{run.call_id}"))
+        assert summary["escalated"] is None
+        assert summary["outcome"] == "completed"
+        # Live state is gone once the call is summed up.
+        assert await redis_client.exists(f"rz:call:{run.call_id}:segments") == 0
+
+
+async def test_no_agent_available_uses_the_first_fallback(redis_url, redis_client):
+    async with agent_stack(redis_url) as stack:
+        stack.sandbox.sandbox.routing.agent_available = False
+        fallback = stack.sandbox.sandbox.routing.fallback_options[0]["route_to"]
+        run = start_scenario(stack.sandbox.sandbox, "angry", stack.receiver_url)
+        await asyncio.wait_for(run.task, 30)
+        await wait_for(drained(redis_client, stack.settings), what="every event handled")
+        transfers = stack.transfers(run.call_id)
+        assert [t["json"]["parameters"]["transfer_to"] for t in transfers] == [fallback]
+
+
+async def test_a_completed_call_is_never_transferred(redis_url, redis_client):
+    async with agent_stack(redis_url) as stack:
+        sandbox = stack.sandbox.sandbox
+        session = sandbox.state.create_session()
+        call, _ = sandbox.state.initiate_call(session.session_id, "+15005550006")
+        sandbox.state.answer(call)
+        sandbox.state.complete_call(call, duration=30)
+        secret = stack.settings.webhook_secrets[0]
+        ids = {"call_id": call.call_id, "session_id": session.session_id}
+        completed = event_body("call.completed", duration=30, cost=0.05, **ids)
+        await post_webhook(stack.receiver_url, completed, secret)
+        await wait_for(drained(redis_client, stack.settings), what="call.completed handled")
+        # A late, furious segment after the end: no transfer may follow.
+        late = event_body(
+            "transcription.updated",
+            text="This is ridiculous, get me a manager now!",
+            speaker="caller",
+            is_final=True,
+            **ids,
+        )
+        status, _ = await post_webhook(stack.receiver_url, late, secret)
+        assert status == 202
+        await wait_for(drained(redis_client, stack.settings), what="the late segment handled")
+        assert stack.transfers(call.call_id) == []
+
+
+def low_balance_event(session_id: str, minutes: float, n: int) -> bytes:
+    return event_body(
+        "balance.low",
+        call_id=f"call_low_{n}",
+        session_id=session_id,
+        balance={"minutes": minutes, "value": minutes * 0.05, "currency": "USD"},
+    )
+
+
+async def test_ten_concurrent_balance_low_events_give_one_charge(redis_url, redis_client):
+    async with agent_stack(redis_url, workers=2) as stack:
+        session = stack.sandbox.sandbox.state.create_session(initial_minutes=2)
+        secret = stack.settings.webhook_secrets[0]
+        bodies = [low_balance_event(session.session_id, 2, n) for n in range(10)]
+        answers = await asyncio.gather(
+            *(post_webhook(stack.receiver_url, b, secret) for b in bodies)
+        )
+        assert [status for status, _ in answers] == [202] * 10
+        await wait_for(drained(redis_client, stack.settings), what="every balance.low handled")
+        charges = stack.charges(session.session_id)
+        assert len(charges) == 1, charges
+        assert stack.sandbox.sandbox.state.get_session(session.session_id).wallet.minutes > 2
+
+
+async def test_the_daily_cap_stops_the_fourth_episode(redis_url, redis_client):
+    async with agent_stack(redis_url) as stack:
+        state = stack.sandbox.sandbox.state
+        session = state.create_session(initial_minutes=1)
+        secret = stack.settings.webhook_secrets[0]
+        for episode in range(4):
+            state.get_session(session.session_id).wallet.minutes = 1.0  # drained again
+            body = low_balance_event(session.session_id, 1, episode)
+            status, _ = await post_webhook(stack.receiver_url, body, secret)
+            assert status == 202
+            await wait_for(drained(redis_client, stack.settings), what=f"episode {episode}")
+        charges = stack.charges(session.session_id)
+        assert len(charges) == 3
+        # Three episodes, three distinct keys: each charge belongs to its own episode.
+        assert len({c["json"]["idempotency_key"] for c in charges}) == 3
+        assert state.get_session(session.session_id).wallet.minutes == 1.0
+
+
+async def test_a_declined_payment_is_not_retried_and_is_recorded(redis_url, redis_client):
+    config = {"recharge_payment_token": "tok_declined"}
+    async with agent_stack(redis_url, agent_config=config, job_max_tries=5) as stack:
+        session = stack.sandbox.sandbox.state.create_session(initial_minutes=1)
+        body = low_balance_event(session.session_id, 1, 0)
+        status, _ = await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
+        assert status == 202
+
+        async def recorded() -> bool:
+            return await redis_client.hexists("rz:failed", delivery_id(body))
+
+        await wait_for(recorded, what="the failed-events record")
+        await wait_for(drained(redis_client, stack.settings), what="the job to end")
+        assert len(stack.charges(session.session_id)) == 1
+        record = orjson.loads(await redis_client.hget("rz:failed", delivery_id(body)))
+        assert record["attempts"] == 1
+        (reason,) = record["handlers"].values()
+        assert "PaymentFailed" in reason and "402" in reason
+
+
+async def test_dry_run_logs_instead_of_charging(redis_url, redis_client):
+    async with agent_stack(redis_url, agent_config={"recharge_dry_run": True}) as stack:
+        session = stack.sandbox.sandbox.state.create_session(initial_minutes=1)
+        body = low_balance_event(session.session_id, 1, 0)
+        await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
+        await wait_for(drained(redis_client, stack.settings), what="balance.low handled")
+        assert stack.charges(session.session_id) == []
+        assert len(stack.requests("/wallet/balance")) == 1

@@ -1,0 +1,183 @@
+"""`ringez-worker dev`: the whole service on one machine, with nothing to set up.
+
+Starts an embedded Redis (unless REDIS_URL is set), the local Ringez sandbox, the
+receiver and a worker with the built-in agents in one process, plays the call
+scenarios through them, prints what happened, and stays up for more events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from worker.app import create_worker
+from worker.logs import get_logger
+from worker.receiver import create_app
+from worker.redis_server import start_embedded
+from worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
+from worker.settings import Settings
+
+DEV_SECRET = "whsec_dev_local"
+DEV_API_KEY = "sk_test_dev_local"
+DEFAULT_SCENARIOS = ("calm", "angry", "busy", "low_balance")
+
+log = get_logger("ringez.dev")
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def run_dev(
+    settings: Settings,
+    *,
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
+    sandbox_port: int = 0,
+    exit_after_scenarios: bool = False,
+) -> int:
+    """Run everything until SIGINT/SIGTERM (or, with `exit_after_scenarios`, until they end)."""
+    embedded = None
+    if "redis_url" not in settings.model_fields_set:
+        embedded = await asyncio.to_thread(start_embedded)
+        redis_label = embedded.label
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    else:
+        redis_label = "REDIS_URL"
+    updates: dict[str, Any] = {}
+    if not settings.webhook_secrets:
+        updates["ringez_webhook_secret"] = _secret(DEV_SECRET)
+    if settings.ringez_api_key is None:
+        updates["ringez_api_key"] = _secret(DEV_API_KEY)
+    settings = settings.model_copy(update=updates)
+
+    sandbox = await start_sandbox(
+        config_from_settings(settings, pacing_seconds=0.2, escalation_wait_seconds=10),
+        port=sandbox_port,
+    )
+    settings = settings.model_copy(update={"ringez_api_url": sandbox.api_url})
+
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    receiver_url = f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
+
+    worker = create_worker(settings, handle_signals=False)
+    worker_task = asyncio.create_task(worker.main())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    secret = settings.webhook_secrets[0].decode()
+    _say()
+    _say("ringez-agent-worker dev")
+    _say(f"  redis     {redis_label}  {settings.redis_url}")
+    _say(f"  receiver  {receiver_url}")
+    _say(f"  sandbox   {sandbox.api_url}  (a local Ringez API)")
+    _say(f"  metrics   http://127.0.0.1:{settings.port}/metrics")
+    _say()
+    try:
+        runs = [start_scenario(sandbox.sandbox, name, receiver_url) for name in scenarios]
+        _say(f"playing scenarios: {', '.join(scenarios)}")
+        played = asyncio.gather(*(r.task for r in runs), return_exceptions=True)
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait(
+            [played, stopped, worker_task], return_when=asyncio.FIRST_COMPLETED, timeout=120
+        )
+        if worker_task.done():
+            worker_task.result()  # the worker died: say why
+        await _wait_drained(settings)
+        await _report(settings, sandbox, runs)
+        if not exit_after_scenarios:
+            _say()
+            _say("still running; send more from another terminal:")
+            _say(
+                f"  RINGEZ_WEBHOOK_SECRET={secret if secret == DEV_SECRET else '<your secret>'} "
+                f"ringez-worker send call.completed --url {receiver_url} "
+                """--data '{"duration": 30}'"""
+            )
+            _say("Ctrl-C stops everything.")
+            await stop.wait()
+    finally:
+        _say("stopping ...")
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await worker_task
+        await worker.close()
+        await runner.cleanup()
+        await sandbox.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.cleanup)
+    return 0
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+async def _wait_drained(settings: Settings, deadline_s: float = 20.0) -> None:
+    """Until the queue is empty (every delivered event handled), or the deadline."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        for _ in range(int(deadline_s / 0.05)):
+            if not await redis.zcard(settings.queue_name):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
+async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
+    requests = sandbox.app[REQUEST_LOG]
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        _say()
+        _say("what happened")
+        for run in runs:
+            names = [
+                e.event for e in sandbox.sandbox.events if e.data.get("call_id") == run.call_id
+            ]
+            transfers = [
+                r
+                for r in requests
+                if r["path"].endswith(f"/calls/{run.call_id}/actions")
+                and (r.get("json") or {}).get("action") == "transfer"
+            ]
+            charges = [
+                r
+                for r in requests
+                if r["path"].endswith("/wallet/add-credits")
+                and (r.get("json") or {}).get("session_id") == run.session_id
+                and r.get("status", 200) < 300
+            ]
+            raw = await redis.get(f"{settings.key_prefix}:summary:{run.call_id}")
+            summary = orjson.loads(raw) if raw else {}
+            _say(f"  {run.name}: call {run.call_id}")
+            _say(f"    events    {' -> '.join(names) or '-'}")
+            if summary:
+                _say(
+                    f"    support   intents={summary.get('intents')} "
+                    f"sentiment={summary.get('sentiment')} outcome={summary.get('outcome')}"
+                )
+            for t in transfers:
+                to = (t.get("json") or {}).get("parameters", {}).get("transfer_to")
+                _say(f"    escalation transferred to {to} (status {t.get('status')})")
+            for c in charges:
+                body = c.get("json") or {}
+                _say(
+                    f"    recharge  charged {body.get('amount')} {body.get('currency')} "
+                    f"(plan {body.get('plan')}, key {body.get('idempotency_key')})"
+                )
+        failed = await redis.hlen(f"{settings.key_prefix}:failed")
+        _say(f"  failed events: {failed}")
+    finally:
+        await redis.aclose()
