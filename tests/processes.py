@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Proc:
     """A `ringez-worker ...` child whose stderr+stdout lines are collected as they arrive."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str], unset: tuple[str, ...] = ()) -> None:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json", **env}
+        for name in unset:
+            full_env.pop(name, None)
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", *args],
             env=full_env,

@@ -26,8 +26,18 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _setup(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+def _secrets(settings: Settings) -> list[str]:
+    from agents.config import AgentSettings
+
+    try:
+        agent_secrets = AgentSettings().secret_values()
+    except Exception:  # bad agent settings are reported when the worker builds its agents
+        agent_secrets = []
+    return settings.secret_values() + agent_secrets
+
+
+def _setup(settings: Settings, fmt: str | None = None) -> None:
+    configure_logging(settings.log_level, fmt or settings.log_format, _secrets(settings))
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -79,11 +89,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from worker.dev import DEFAULT_SCENARIOS, run_dev
 
-    configure_logging(
-        settings.log_level,
-        "console" if settings.log_format == "auto" else settings.log_format,
-        settings.secret_values(),
-    )
+    _setup(settings, "console" if settings.log_format == "auto" else settings.log_format)
     _use_uvloop()
     scenarios = tuple(s for s in (args.scenarios or ",".join(DEFAULT_SCENARIOS)).split(",") if s)
     return asyncio.run(

@@ -54,6 +54,8 @@ async def run_dev(
         updates["ringez_webhook_secret"] = _secret(DEV_SECRET)
     if settings.ringez_api_key is None:
         updates["ringez_api_key"] = _secret(DEV_API_KEY)
+    if "ringez_rate_limit" not in settings.model_fields_set:
+        updates["ringez_rate_limit"] = 100_000  # the local sandbox has no tier to protect
     settings = settings.model_copy(update=updates)
 
     sandbox = await start_sandbox(

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     ringez_api_url: str = "https://ringez-api.vercel.app/api/v1"
     ringez_api_key: SecretStr | None = None
     ringez_agent_id: str = "ringez-agent-worker"
+    # The account's API budget, shared by every worker through Redis (standard tier: 1000/h).
+    ringez_rate_limit: int = Field(1000, ge=1)
+    ringez_rate_period_seconds: float = Field(3600.0, gt=0)
+    ringez_timeout_seconds: float = Field(10.0, gt=0)
 
     # Receiver.
     host: str = "0.0.0.0"

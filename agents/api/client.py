@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 from pydantic import SecretStr
 
-from agents.api.ratelimit import STANDARD_TIER, RateLimiter, RedisRateLimiter
+from agents.api.ratelimit import RateLimiter, RedisRateLimiter
 from agents.api.resources import (
     Agents,
     Analytics,
@@ -91,14 +91,15 @@ class RingezClient:
         *,
         redis: Redis | None = None,
         session: aiohttp.ClientSession | None = None,
-        rate_limit: int = STANDARD_TIER[0],
-        rate_period: float = STANDARD_TIER[1],
+        rate_limit: int | None = None,
+        rate_period: float | None = None,
         rate_max_wait: float = 60.0,
     ) -> RingezClient:
         """A client from RINGEZ_API_URL / RINGEZ_API_KEY / RINGEZ_AGENT_ID.
 
         With `redis`, requests share a per-API-key budget (`rate_limit` per `rate_period`
-        seconds, the standard tier by default) with every other process using that Redis.
+        seconds; RINGEZ_RATE_LIMIT / RINGEZ_RATE_PERIOD_SECONDS, the standard tier by
+        default) with every other process using that Redis.
         """
         require(settings, "ringez_api_key")
         api_key = settings.ringez_api_key
@@ -109,8 +110,8 @@ class RingezClient:
                 redis,
                 api_key,
                 prefix=settings.key_prefix,
-                limit=rate_limit,
-                period=rate_period,
+                limit=rate_limit or settings.ringez_rate_limit,
+                period=rate_period or settings.ringez_rate_period_seconds,
                 max_wait=rate_max_wait,
             )
         return cls(
@@ -118,6 +119,7 @@ class RingezClient:
             api_key,
             settings.ringez_agent_id,
             session=session,
+            timeout=settings.ringez_timeout_seconds,
             rate_limiter=limiter,
         )
 

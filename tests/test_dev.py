@@ -1,0 +1,46 @@
+"""`ringez-worker dev`, the README's first command, as a user runs it."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.processes import Proc, run_cli, wait_for_port
+from worker.redis_server import free_port
+
+
+def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "REDIS_URL": "",  # unset below: dev must bring its own Redis
+        "RINGEZ_WEBHOOK_SECRET": "",
+        "RINGEZ_API_KEY": "",
+    }
+    proc = Proc("dev", env=env, unset=("REDIS_URL",))
+    try:
+        proc.wait_for_line("ringez-agent-worker dev", deadline_s=30)
+        redis_line = proc.wait_for_line("  redis ")
+        assert "redis-server" in redis_line or "valkey" in redis_line or "fakeredis" in redis_line
+        proc.wait_for_line("still running", deadline_s=90)
+        out = proc.output()
+        # Each scenario's events reached the handlers and the agents acted on them.
+        assert "calm: call" in out and "angry: call" in out and "low_balance: call" in out
+        assert "escalation transferred to +15005550006" in out
+        assert "recharge  charged" in out
+        assert "failed events: 0" in out
+        assert out.count("escalation transferred") == 1
+
+        wait_for_port(port)
+        sent = run_cli(
+            "send",
+            "call.completed",
+            "--url",
+            f"http://127.0.0.1:{port}/webhooks/ringez",
+            env={"RINGEZ_WEBHOOK_SECRET": "whsec_dev_local"},
+        )
+        assert sent.stdout.startswith("202"), sent.stdout + sent.stderr
+        proc.wait_for_line("support.call_summary", deadline_s=20)
+    finally:
+        code = proc.stop(signal.SIGINT)
+    assert code == 0
+    assert "stopping" in proc.output()
