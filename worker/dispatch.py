@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from handlers.context import Context
 from handlers.events import InvalidEvent, parse_event
 from handlers.router import Handler, Router
-from worker.logs import get_logger
+from worker.logs import Redactor, get_logger
 from worker.metrics import WorkerMetrics
 from worker.queue import Keys
 from worker.settings import Settings
@@ -68,6 +68,8 @@ class Dispatcher:
         self.ringez = ringez
         self.keys = keys or Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         self.metrics = metrics or WorkerMetrics()
+        # Error text lands in Redis (failed-events record): no secret may ride along.
+        self._redactor = Redactor(settings.secret_values())
 
     async def dispatch(
         self,
@@ -165,7 +167,8 @@ class Dispatcher:
                 traceback="".join(traceback.format_exception(exc, limit=-3)),
             )
             # Errors that know they are final (a 4xx from the Ringez API) say so.
-            return f"{type(exc).__name__}: {exc}", bool(getattr(exc, "retryable", True))
+            error = self._redactor.scrub(f"{type(exc).__name__}: {exc}")
+            return error, bool(getattr(exc, "retryable", True))
         # Recorded at once, so a crash after this point never runs this handler again.
         done_key = self.keys.done(ctx.delivery_id)
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -19,6 +19,10 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def scrub(self, value: Any) -> Any:
+        """`value` with every secret replaced, recursing into dicts, lists and tuples."""
+        return self._scrub(value)
+
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             for secret in self._secrets:
