@@ -14,8 +14,12 @@ from handlers.router import Router
 __all__ = ["AgentSettings", "EscalationAgent", "RechargeAgent", "SupportAgent", "build_agents"]
 
 
-def build_agents(config: AgentSettings) -> tuple[Router, list[object]]:
-    """A Router with the enabled agents' handlers, and the agent objects themselves."""
+def build_agents(
+    config: AgentSettings, intents: Router | None = None
+) -> tuple[Router, list[object]]:
+    """A Router with the enabled agents' handlers, and the agent objects themselves.
+
+    `intents`: a Router whose `on_intent` handlers the support agent should call."""
     router = Router()
     agents: list[object] = []
     escalation = EscalationAgent(config) if config.enabled("escalation") else None
@@ -23,7 +27,7 @@ def build_agents(config: AgentSettings) -> tuple[Router, list[object]]:
         escalation.register(router)
         agents.append(escalation)
     if config.enabled("support"):
-        support = SupportAgent(config, escalation)
+        support = SupportAgent(config, escalation, intents)
         support.register(router)
         agents.append(support)
     if config.enabled("recharge"):

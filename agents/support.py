@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,30 +12,31 @@ from agents.config import AgentSettings
 from agents.escalation import EscalationAgent
 from agents.state import CallKeys
 from handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
-
-IntentHandler = Callable[[TranscriptionUpdated, Any, Context], Awaitable[Any]]
+from handlers.router import IntentFunc
 
 
 class SupportAgent:
-    """Registers its handlers on a Router; users add intent handlers with `on_intent`."""
+    """Registers its handlers on a Router. Intent handlers come from `intents`, a Router
+    on which users call `@router.on_intent(...)` as they call `@router.on(...)`."""
 
     name = "support"
 
-    def __init__(self, config: AgentSettings, escalation: EscalationAgent | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentSettings,
+        escalation: EscalationAgent | None = None,
+        intents: Router | None = None,
+    ) -> None:
         self.config = config
         self.escalation = escalation
-        self._intents: dict[str, list[IntentHandler]] = {}
-        self.on_intent("account_inquiry")(answer_account_inquiry)
+        self.intents = Router()
+        self.intents.on_intent("account_inquiry")(answer_account_inquiry)
+        if intents is not None:
+            self.intents.include(intents)
 
-    def on_intent(self, *intents: str) -> Callable[[IntentHandler], IntentHandler]:
-        """Register `func(event, intent, ctx)` for the named intents."""
-
-        def register(func: IntentHandler) -> IntentHandler:
-            for intent in intents:
-                self._intents.setdefault(intent, []).append(func)
-            return func
-
-        return register
+    def on_intent(self, *intents: str) -> Callable[[IntentFunc], IntentFunc]:
+        """Register `func(event, intent, ctx)` for the named intents on this agent."""
+        return self.intents.on_intent(*intents)
 
     def register(self, router: Router) -> None:
         router.add("call.answered", self.on_answered, name="agents.support.call_answered")
@@ -88,7 +89,7 @@ class SupportAgent:
                 return
             await self.escalation.escalate(event, ctx, reason=f"caller intent {name}")
             return
-        for handler in self._intents.get(name, []):
+        for handler in self.intents.intent_handlers(name):
             await handler(event, intent, ctx)
 
     async def on_ended(self, event: Event, ctx: Context) -> None:

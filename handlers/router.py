@@ -10,6 +10,8 @@ from handlers.context import Context
 
 ANY = "*"
 HandlerFunc = Callable[[Any, Context], Awaitable[Any]]
+# (event, intent detection result, context), for the support agent's detected intents.
+IntentFunc = Callable[[Any, Any, Context], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class Router:
 
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
+        self._intents: dict[str, list[IntentFunc]] = {}
 
     def on(self, *events: str, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register the decorated coroutine for each of `events` (`"*"` means every event)."""
@@ -46,11 +49,30 @@ class Router:
         self._handlers.append(handler)
         return handler
 
+    def on_intent(self, *intents: str) -> Callable[[IntentFunc], IntentFunc]:
+        """Register `func(event, intent, ctx)` for intents the support agent detects."""
+        if not intents:
+            raise ValueError("name at least one intent")
+
+        def register(func: IntentFunc) -> IntentFunc:
+            for intent in intents:
+                if func not in self._intents.setdefault(intent, []):
+                    self._intents[intent].append(func)
+            return func
+
+        return register
+
+    def intent_handlers(self, intent: str) -> list[IntentFunc]:
+        return list(self._intents.get(intent, []))
+
     def include(self, other: Router) -> None:
         """Add every handler of `other` (used to merge user and built-in routers)."""
         for handler in other.handlers:
             if not any(h.name == handler.name for h in self._handlers):
                 self._handlers.append(handler)
+        for intent, funcs in other._intents.items():
+            for func in funcs:
+                self.on_intent(intent)(func)
 
     @property
     def handlers(self) -> list[Handler]:

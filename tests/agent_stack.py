@@ -53,6 +53,7 @@ async def agent_stack(
     duplicate: bool = False,
     agent_config: dict[str, Any] | None = None,
     sandbox_config: dict[str, Any] | None = None,
+    intents: Any = None,
     **settings_overrides: Any,
 ) -> AsyncIterator[Stack]:
     receiver_server = None
@@ -79,7 +80,7 @@ async def agent_stack(
         stack = Stack(settings=settings, sandbox=sandbox, receiver_url=receiver_url)
         async with contextlib.AsyncExitStack() as stacked:
             for _ in range(workers):
-                router, _ = build_agents(config)
+                router, _ = build_agents(config, intents=intents)
                 stack.workers.append(
                     await stacked.enter_async_context(running_worker(settings, router))
                 )

@@ -177,3 +177,23 @@ async def test_dry_run_logs_instead_of_charging(redis_url, redis_client):
         await wait_for(drained(redis_client, stack.settings), what="balance.low handled")
         assert stack.charges(session.session_id) == []
         assert len(stack.requests("/wallet/balance")) == 1
+
+
+async def test_user_intent_handlers_run_beside_the_built_in_ones(redis_url, redis_client):
+    from handlers import Router
+
+    seen: list[tuple[str, str]] = []
+    users = Router()
+
+    @users.on_intent("account_inquiry")
+    async def note_inquiry(event, intent, ctx) -> None:
+        seen.append((event.call_id, intent.intent))
+
+    async with agent_stack(redis_url, intents=users) as stack:
+        run = start_scenario(stack.sandbox.sandbox, "angry", stack.receiver_url)
+        await asyncio.wait_for(run.task, 30)
+        await wait_for(drained(redis_client, stack.settings), what="every event handled")
+    assert seen == [(run.call_id, "account_inquiry")]
+    # The built-in account answer read the wallet and spoke the answer.
+    assert stack.requests("/wallet/balance")
+    assert stack.requests("/agents/voice-synthesis")

@@ -63,15 +63,14 @@ def build_router(
     router = Router()
     if extra is not None:
         router.include(extra)
+    users = load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
     config = agent_settings if agent_settings is not None else AgentSettings()
     if settings.ringez_api_key is None:
         if config.agents_enabled.strip():
             log.warning("agents.disabled", why="RINGEZ_API_KEY is not set")
     else:
-        router.include(build_agents(config)[0])
-    router.include(
-        load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
-    )
+        router.include(build_agents(config, intents=users)[0])
+    router.include(users)
     return router
 
 
