@@ -107,3 +107,40 @@ def receiver_delivery(body: bytes) -> str:
     from worker.envelope import delivery_id
 
     return delivery_id(body)
+
+
+async def test_the_worker_outlives_a_redis_restart():
+    from redis.asyncio import Redis
+
+    from worker.queue import EventQueue, Keys
+    from worker.redis_server import RedisServer
+
+    server = RedisServer(appendonly=True).start()
+    proc = Proc("worker", env=worker_env(server.url))
+    client = Redis.from_url(server.url)
+    try:
+        proc.wait_for_line("worker.started")
+        keys = Keys()
+
+        async def send(call_id: str) -> None:
+            queue = EventQueue(client, keys, dedupe_ttl_ms=60_000, job_ttl_ms=60_000)
+            body = event_body(call_id=call_id)
+            assert await queue.enqueue(receiver_delivery(body), body)
+            await client.rpush(f"t:release:{call_id}", "go")
+
+        await send("r1")
+        await wait_for(at_least(counter(client, "t:slow_done:r1"), 1), what="first event")
+
+        server.kill()
+        proc.wait_for_line("worker.redis_lost")
+        server.start()
+        await client.connection_pool.disconnect()
+
+        await send("r2")
+        await wait_for(
+            at_least(counter(client, "t:slow_done:r2"), 1), deadline_s=30, what="after restart"
+        )
+    finally:
+        proc.stop()
+        await client.aclose()
+        server.cleanup()
