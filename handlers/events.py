@@ -108,6 +108,10 @@ EVENT_MODELS: dict[str, type[Event]] = {
 }
 
 
+# The contract's event names.
+EVENT_NAMES = frozenset(EVENT_MODELS)
+
+
 class InvalidEvent(Exception):
     """A known event whose data does not match the contract: retrying cannot help."""
 

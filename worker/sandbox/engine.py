@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.events import EVENT_NAMES
 from worker.logs import get_logger
 from worker.sandbox.config import BUSY, NO_ANSWER, SandboxConfig
 from worker.sandbox.emitter import Delivery, WebhookEmitter, event_body
@@ -19,17 +20,7 @@ from worker.sandbox.state import SandboxState
 
 log = get_logger("ringez.sandbox")
 
-EVENTS = frozenset(
-    {
-        "call.initiated",
-        "call.ringing",
-        "call.answered",
-        "call.completed",
-        "call.failed",
-        "transcription.updated",
-        "balance.low",
-    }
-)
+EVENTS = EVENT_NAMES
 
 
 @dataclass(frozen=True)
