@@ -61,3 +61,40 @@ def test_send_refuses_bad_data():
     result = run_cli("send", "call.completed", "--data", "[1]", env={"RINGEZ_WEBHOOK_SECRET": "x"})
     assert result.returncode == 2
     assert "JSON object" in result.stderr
+
+
+async def test_plain_arq_runs_the_worker_settings(receiver, redis_url, redis_client):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import event_body, signed_headers, wait_for
+    from tests.processes import ROOT
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REDIS_URL": redis_url,
+        "RINGEZ_HANDLERS": "tests.sample_handlers",
+        "WORKER_METRICS_PORT": "0",
+        "AGENTS_ENABLED": "",
+    }
+    arq = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [sys.executable, "-m", "arq", "worker.app.WorkerSettings"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = event_body("call.completed", call_id="via-arq", duration=5)
+        resp = await receiver.post("/webhooks/ringez", data=body, headers=signed_headers(body))
+        assert resp.status == 202
+
+        async def handled() -> bool:
+            return await redis_client.lrange("sample:completed", 0, -1) == [b"via-arq"]
+
+        await wait_for(handled, deadline_s=30, what="the handler run by plain arq")
+    finally:
+        arq.terminate()
+        arq.wait(30)

@@ -28,7 +28,7 @@ from agents.api import RingezClient
 from handlers.loading import load_router
 from handlers.router import Router
 from worker.dispatch import Dispatcher
-from worker.logs import get_logger
+from worker.logs import configure_logging, get_logger
 from worker.metrics import WorkerMetrics, metrics_response, queue_stats
 from worker.queue import JOB_FUNCTION, Keys, dumps_job, loads_job
 from worker.redis_conn import arq_redis_settings
@@ -122,11 +122,16 @@ async def start_worker_http(
     return runner
 
 
-def worker_settings(settings: Settings, *, router: Router | None = None) -> dict[str, Any]:
+def worker_settings(
+    settings: Settings, *, router: Router | None = None, configure_logs: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
     routes = router if router is not None else build_router(settings)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        if configure_logs:
+            # Under the plain `arq` command, which set up its own logging after the import.
+            configure_logging(settings.log_level, settings.log_format, settings.secret_values())
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         metrics = WorkerMetrics()
         ringez = (
@@ -365,5 +370,5 @@ def create_worker(
 def __getattr__(name: str) -> Any:
     # `arq worker.app.WorkerSettings` reads this; building it lazily keeps imports side-effect free.
     if name == "WorkerSettings":
-        return worker_settings(load_settings())
+        return worker_settings(load_settings(), configure_logs=True)
     raise AttributeError(name)
