@@ -11,6 +11,8 @@ Designs:
   straightforward  bench/baseline_receiver.py --design straightforward: HMAC, arq enqueue_job
   ringez           python -m worker.cli serve (LOG_LEVEL=INFO: one log line per event)
   ringez-warn      the same with LOG_LEVEL=WARNING (shows what the per-event log line costs)
+  patched:A+B      bench/patched_serve.py --patches A,B (proposed receiver/queue patches,
+                   applied in memory; LOG_LEVEL=INFO)
 
 Reports req/s, wrk's latency percentiles, duplicates, receiver peak RSS (VmHWM) and the
 CPU seconds used by the receiver, redis-server and wrk. Loopback only, bounded, stops
@@ -47,6 +49,7 @@ from bench.common import (  # noqa: E402
     ensure_apt,
     free_port,
     machine,
+    machine_busy_seconds,
     signed_request,
     wait_for_port,
 )
@@ -54,6 +57,7 @@ from worker.redis_server import RedisServer  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}
+PATCHED_QUEUE = "ringez:queue"
 ALL_DESIGNS = ("bare", "straightforward", "ringez", "ringez-warn")
 
 
@@ -67,6 +71,11 @@ def write_requests(path: Path, count: int, tag: str) -> None:
 
 def receiver(design: str, port: int, redis_url: str, log_dir: Path) -> Service:
     env = {"REDIS_URL": redis_url, "RINGEZ_WEBHOOK_SECRET": SECRET}
+    if design.startswith("patched:"):
+        # patched:<patch>+<patch>... : bench/patched_serve.py at LOG_LEVEL=INFO
+        argv = ["bench/patched_serve.py", "--patches", design[8:].replace("+", ",")]
+        name = design.replace(":", "-").replace("+", "_")
+        return Service(name, [*argv, "--port", str(port)], {**env, "LOG_LEVEL": "INFO"}, log_dir)
     if design in ("bare", "straightforward"):
         argv = ["bench/baseline_receiver.py", "--design", design, "--port", str(port)]
         return Service(design, [*argv, "--redis-url", redis_url], env, log_dir)
@@ -136,12 +145,15 @@ def one_run(
         port = free_port()
         svc = receiver(design, port, server.url, log_dir)
         try:
-            wait_for_port(port)
+            try:
+                wait_for_port(port)
+            except SystemExit as exc:
+                raise SystemExit(f"{design}: {exc}\n{svc.tail()}") from None
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
             run_wrk(wrk, url, warm_file, args.threads, args.connections, args.warmup)
             client.flushall()
             redis_pid = server.process.pid if server.process else 0
-            cpu0, rcpu0 = svc.cpu(), cpu_seconds(redis_pid)
+            cpu0, rcpu0, busy0 = svc.cpu(), cpu_seconds(redis_pid), machine_busy_seconds()
             sampler = RssSampler(svc)
             sampler.start()
             spy = profile(svc, design, args) if args.profile else None
@@ -152,10 +164,11 @@ def one_run(
             if spy is not None:
                 spy.wait(60)
             cpu, rcpu = svc.cpu() - cpu0, cpu_seconds(redis_pid) - rcpu0
+            busy = machine_busy_seconds() - busy0
             memory = svc.memory_kb()
             if not svc.alive():
                 raise SystemExit(f"{design} died:\n{svc.tail()}")
-            queue = QUEUES.get(design)
+            queue = PATCHED_QUEUE if design.startswith("patched:") else QUEUES.get(design)
             accepted = int(client.zcard(queue)) if queue else None
         finally:
             svc.stop()
@@ -181,6 +194,8 @@ def one_run(
         "receiver_cpu_s": round(cpu, 2),
         "redis_cpu_s": round(rcpu, 2),
         "wrk_cpu_s": round(wrk_cpu, 2),
+        # Everything else the machine did meanwhile (other users of this box, the kernel).
+        "other_cpu_s": round(max(0.0, busy - cpu - rcpu - wrk_cpu), 2),
         "seconds": round(seconds, 2),
         "receiver_vmhwm_mb": round(memory.get("VmHWM", 0) / 1024, 1),
         "receiver_max_rss_mb": round(max_rss / 1024, 1),
@@ -227,8 +242,8 @@ def table(results: list[dict[str, Any]], designs: list[str]) -> str:
     """Median run (by req/s) of each design, as a markdown table."""
     rows = [
         "| design | req/s | x straightforward | p50 ms | p99 ms | max ms | non-2xx | dup | "
-        "RSS peak MB | receiver CPU | redis CPU | wrk CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RSS peak MB | receiver CPU | redis CPU | wrk CPU | other CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     medians: dict[str, dict[str, Any]] = {}
     for design in designs:
@@ -244,7 +259,8 @@ def table(results: list[dict[str, Any]], designs: list[str]) -> str:
             f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['non_2xx']} | "
             f"{r['duplicates'] if r['duplicates'] is not None else '-'} | "
             f"{r['receiver_vmhwm_mb']} | {r['receiver_cpu_s'] / secs:.0%} | "
-            f"{r['redis_cpu_s'] / secs:.0%} | {r['wrk_cpu_s'] / secs:.0%} |"
+            f"{r['redis_cpu_s'] / secs:.0%} | {r['wrk_cpu_s'] / secs:.0%} | "
+            f"{r['other_cpu_s'] / secs:.0%} |"
         )
     return "\n".join(rows)
 
@@ -266,7 +282,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write all runs here")
     args = parser.parse_args()
     designs = [d for d in args.designs.split(",") if d]
-    unknown = set(designs) - set(ALL_DESIGNS)
+    unknown = {d for d in designs if not d.startswith("patched:")} - set(ALL_DESIGNS)
     if unknown:
         raise SystemExit(f"unknown designs: {sorted(unknown)}")
     if args.duration > 120 or args.rounds > 5:
