@@ -91,6 +91,21 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
+def wait_quiet(max_busy: float = 0.15, window_s: float = 1.0, deadline_s: float = 120.0) -> float:
+    """Wait (at most `deadline_s`) for a window in which the whole machine is nearly idle.
+
+    The box is shared; a benchmark that starts while something else is busy measures
+    that too. Returns the busy share (in cores) of the last window observed.
+    """
+    end = time.monotonic() + deadline_s
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window_s)
+        busy = (machine_busy_seconds() - before) / window_s
+        if busy <= max_busy or time.monotonic() > end:
+            return round(busy, 3)
+
+
 class Service:
     """A child Python process whose output goes to a log file (no pipe to keep drained)."""
 

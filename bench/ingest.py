@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     machine_busy_seconds,
     signed_request,
     wait_for_port,
+    wait_quiet,
 )
 from worker.redis_server import RedisServer  # noqa: E402
 
@@ -152,6 +153,7 @@ def one_run(
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
             run_wrk(wrk, url, warm_file, args.threads, args.connections, args.warmup)
             client.flushall()
+            quiet = wait_quiet()
             redis_pid = server.process.pid if server.process else 0
             cpu0, rcpu0, busy0 = svc.cpu(), cpu_seconds(redis_pid), machine_busy_seconds()
             sampler = RssSampler(svc)
@@ -200,6 +202,7 @@ def one_run(
         "receiver_vmhwm_mb": round(memory.get("VmHWM", 0) / 1024, 1),
         "receiver_max_rss_mb": round(max_rss / 1024, 1),
         "thread_wraps": summary["thread_wraps"],
+        "busy_cores_before": quiet,
     }
     return result
 

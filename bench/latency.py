@@ -46,9 +46,11 @@ from bench.common import (  # noqa: E402
     ensure_apt,
     free_port,
     machine,
+    machine_busy_seconds,
     percentile,
     signed_request,
     wait_for_port,
+    wait_quiet,
 )
 from bench.latency_handlers import START_KEY  # noqa: E402
 from worker.queue import Keys  # noqa: E402
@@ -171,12 +173,16 @@ def run_mode(mode: str, args: argparse.Namespace, log_dir: Path) -> dict[str, An
             asyncio.run(fire(url, warm, args.rate))
             wait_handled(client, len(warm) + 1)
             client.delete(START_KEY)
+            # The worker's own idle polling stays well under the threshold.
+            quiet = wait_quiet(max_busy=0.25)
+            busy0 = machine_busy_seconds()
             cpu0 = (receiver.cpu(), worker.cpu())
             started = time.monotonic()
             result = asyncio.run(fire(url, main, args.rate))
             handled = wait_handled(client, len(result["answered"]))
             cpu_s = (receiver.cpu() - cpu0[0], worker.cpu() - cpu0[1])
             wall = time.monotonic() - started
+            busy = (machine_busy_seconds() - busy0) / wall
             starts = {k.decode(): float(v) for k, v in client.hgetall(START_KEY).items()}
             depth = int(client.zcard(Keys().queue))
             mem = (receiver.memory_kb(), worker.memory_kb())
@@ -208,6 +214,9 @@ def run_mode(mode: str, args: argparse.Namespace, log_dir: Path) -> dict[str, An
         "worker_cpu": round(cpu_s[1] / wall, 3),
         "receiver_vmhwm_mb": round(mem[0].get("VmHWM", 0) / 1024, 1),
         "worker_vmhwm_mb": round(mem[1].get("VmHWM", 0) / 1024, 1),
+        # Cores busy machine-wide during the run (client, receiver, worker, redis, others).
+        "machine_busy_cores": round(busy, 2),
+        "busy_cores_before": quiet,
     }
 
 

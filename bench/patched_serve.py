@@ -14,6 +14,9 @@ Patches (comma-separated in --patches):
   timeout         no asyncio.timeout around request.read() when the body is already complete
   batch           one EVALSHA per group commit (a Lua loop over the batch, PUBLISH inside
                   the script when anything was queued) instead of one EVALSHA per event
+  hiredis         (needs batch) that EVALSHA packed by hiredis instead of redis-py's packer
+  depth           envelope's nesting check visits containers only (same verdicts)
+  overlap         up to 4 group commits in flight at once instead of one at a time
 
     python bench/patched_serve.py --patches log-fast,timeout,batch --port 8000
     (env as for `ringez-worker serve`: REDIS_URL, RINGEZ_WEBHOOK_SECRET, LOG_LEVEL ...)
@@ -196,14 +199,134 @@ return out
     ),
 ]
 
+# On top of `batch`: the one EVALSHA packed by hiredis (C) instead of redis-py's Python
+# packer, sent on a pooled connection with the client's own retry-on-reconnect.
+HIREDIS: list[Replacement] = [
+    (
+        "worker.queue",
+        """        return await self._redis.evalsha(self._sha, len(keys), *keys, *argv)""",
+        """        packed = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection("EVALSHA")
+
+        async def send() -> list[object]:
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+
+        async def failed(error: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            return await conn.retry.call_with_retry(send, failed)
+        finally:
+            await pool.release(conn)""",
+    ),
+    ("worker.queue", "import orjson\n", "import hiredis\nimport orjson\n"),
+]
+
+# The nesting check pushes only containers, not every scalar, on its stack (same result).
+DEPTH: list[Replacement] = [
+    (
+        "worker.envelope",
+        """        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)""",
+        """        children = item.values() if isinstance(item, dict) else item
+        if children:
+            # A scalar child sits one level deeper; only containers need visiting.
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))""",
+    ),
+]
+
+# Up to OVERLAP group commits in flight at once: requests that arrive while one batch is
+# at Redis go in the next batch at once instead of waiting for the first to come back.
+OVERLAP: list[Replacement] = [
+    (
+        "worker.queue",
+        """        self._flusher: asyncio.Task[None] | None = None
+""",
+        """        self._flusher: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._max_inflight = max_inflight
+""",
+    ),
+    (
+        "worker.queue",
+        """        max_batch: int = 256,
+    ) -> None:""",
+        """        max_batch: int = 256,
+        max_inflight: int = 4,
+    ) -> None:""",
+    ),
+    (
+        "worker.queue",
+        """        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await self._write(batch)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(bool(result))
+""",
+        """        while self._pending:
+            if len(self._inflight) >= self._max_inflight:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            task = asyncio.create_task(self._commit(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            await asyncio.sleep(0)
+
+    async def _commit(self, batch: list) -> None:
+        try:
+            results = await self._write(batch)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(bool(result))
+""",
+    ),
+    (
+        "worker.queue",
+        """        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)""",
+        """        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._inflight, return_exceptions=True)""",
+    ),
+]
+
 PATCHES: dict[str, list[Replacement]] = {
     "log-fast": LOG_FAST,
     "accepted-debug": ACCEPTED_DEBUG,
     "timeout": TIMEOUT,
     "batch": BATCH,
+    "hiredis": HIREDIS,
+    "depth": DEPTH,
+    "overlap": OVERLAP,
 }
 # Modules are re-executed in import order: receiver imports names from queue and logs.
-ORDER = ("worker.logs", "worker.queue", "worker.receiver")
+ORDER = ("worker.logs", "worker.envelope", "worker.queue", "worker.receiver")
 
 
 def apply(names: list[str]) -> None:
