@@ -124,3 +124,56 @@ async def test_a_handler_that_always_fails_lands_in_the_failed_record(
     assert list(record["handlers"]) == [f"{__name__}.{broken.__qualname__}@call.failed"]
     assert "ValueError: boom" in record["handlers"][f"{__name__}.{broken.__qualname__}@call.failed"]
     assert record["body"] == body.decode()
+
+
+async def test_a_handler_that_hangs_is_timed_out_retried_then_recorded(
+    receiver, redis_url, redis_client
+):
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, job_max_tries=2, job_timeout_seconds=0.2)
+    router = Router()
+    started = collections.Counter()
+
+    @router.on("call.completed")
+    async def hangs(event: Event, ctx: Context) -> None:
+        started["hangs"] += 1
+        await asyncio.Event().wait()
+
+    body = event_body()
+    async with running_worker(settings, router):
+        assert (await receiver.post(PATH, data=body, headers=signed_headers(body))).status == 202
+
+        async def recorded() -> bool:
+            return await redis_client.hexists("rz:failed", delivery_id(body))
+
+        await wait_for(recorded, what="the timed-out delivery in the failed-events record")
+    record = orjson.loads(await redis_client.hget("rz:failed", delivery_id(body)))
+    (error,) = record["handlers"].values()
+    assert "TimeoutError" in error
+    assert started["hangs"] == 2
+
+
+async def test_a_job_arq_gives_up_on_is_recorded_not_dropped(receiver, settings, redis_client):
+    router = Router()
+    ran = collections.Counter()
+
+    @router.on("call.completed")
+    async def never(event: Event, ctx: Context) -> None:
+        ran["never"] += 1
+
+    body = event_body()
+    assert (await receiver.post(PATH, data=body, headers=signed_headers(body))).status == 202
+    # As if workers had crashed on this job over and over: arq's try counter is spent.
+    await redis_client.set(f"arq:retry:{delivery_id(body)}", 100)
+    async with running_worker(settings, router):
+
+        async def recorded() -> bool:
+            return await redis_client.hexists("rz:failed", delivery_id(body))
+
+        await wait_for(recorded, what="the abandoned job in the failed-events record")
+    record = orjson.loads(await redis_client.hget("rz:failed", delivery_id(body)))
+    assert list(record["handlers"]) == ["<worker>"]
+    assert record["body"] == body.decode()
+    assert ran["never"] == 0
+    assert await redis_client.zcard(settings.queue_name) == 0

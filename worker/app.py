@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from arq import Worker
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import func
 from redis.exceptions import NoScriptError
@@ -169,7 +169,8 @@ def worker_settings(
         "job_deserializer": loads_job,
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay_seconds,
-        "job_timeout": settings.job_timeout_seconds,
+        # Handlers are timed out by the dispatcher; arq's limit is only a backstop.
+        "job_timeout": settings.job_timeout_seconds * 2 + 30,
         # Our wrapper does the counting; arq's own limit only catches crashes past it.
         "max_tries": settings.job_max_tries + 2,
         "keep_result": 0,
@@ -286,6 +287,23 @@ class RingezWorker(Worker):
         # arq stops taking jobs and waits up to job_completion_wait for running ones.
         log.info("worker.stopping", signal=signal.Signals(signum).name, running=self.job_counter)
         super().handle_sig_wait_for_completion(signum)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        # arq drops a job it gave up on (tries exhausted by crashes or timeouts, expiry);
+        # keep it in the failed-events record so it can be replayed.
+        try:
+            raw = await self.pool.get(job_key_prefix + job_id)
+            dispatcher = self.ctx.get("dispatcher")
+            if raw and dispatcher is not None:
+                job = loads_job(raw)
+                delivery_id, body = job["a"][0], job["a"][1]
+                tries = int(await self.pool.get(retry_key_prefix + job_id) or 0)
+                await dispatcher.abandon(
+                    delivery_id, body, "worker gave up: crashed or timed out on every try", tries
+                )
+        except Exception as exc:
+            log.error("worker.abandon_record_failed", job_id=job_id, error=type(exc).__name__)
+        await super().finish_failed_job(job_id, result_data)
 
     async def _renew_leases(self) -> None:
         while True:

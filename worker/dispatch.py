@@ -155,7 +155,10 @@ class Dispatcher:
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
         try:
-            await handler.func(event, dataclasses.replace(ctx, log=log_))
+            # Our own limit, so a stuck handler is a retried failure like any other; arq's
+            # job timeout would end the job with no retry and no record.
+            async with asyncio.timeout(self.settings.job_timeout_seconds):
+                await handler.func(event, dataclasses.replace(ctx, log=log_))
         except Exception as exc:  # one handler failing must not stop the others
             elapsed = time.perf_counter() - started
             self.metrics.handler_runs.labels(handler.name, "failed").inc()
@@ -184,6 +187,12 @@ class Dispatcher:
     async def _done(self, delivery_id: str) -> set[str]:
         names = await self.redis.hkeys(self.keys.done(delivery_id))
         return {n.decode() if isinstance(n, bytes) else n for n in names}
+
+    async def abandon(self, delivery_id: str, body: str, reason: str, attempts: int) -> None:
+        """Record a delivery arq gave up on outside our handlers (crash loops, timeouts)."""
+        self.metrics.gave_up.inc()
+        await self._record_failure(delivery_id, body, {"<worker>": reason}, attempts)
+        log.error("dispatch.abandoned", delivery_id=delivery_id, reason=reason, attempts=attempts)
 
     async def _record_failure(
         self, delivery_id: str, body: str, failed: dict[str, str], attempts: int

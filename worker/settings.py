@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(300.0, ge=0)
     worker_max_jobs: int = Field(100, ge=1)
     worker_poll_delay_seconds: float = Field(0.05, gt=0)
+    # Longest one handler may run before it counts as failed (and is retried).
     job_timeout_seconds: float = Field(60.0, gt=0)
     # How long a killed worker's job stays claimed before another worker takes it.
     job_lease_seconds: float = Field(15.0, ge=0.3)
