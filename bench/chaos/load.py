@@ -251,7 +251,13 @@ class Load:
         started = time.monotonic()
         for s in scripts:
             self.record.planned[s.kind] += s.events
-        await asyncio.gather(*(self._script(s, started) for s in scripts))
+        tasks = [asyncio.create_task(self._script(s, started)) for s in scripts]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _script(self, script: Script, started: float) -> None:
         await asyncio.sleep(max(0.0, started + script.start - time.monotonic()))

@@ -26,6 +26,8 @@ class ChaosResult:
     config: dict[str, Any]
     seconds: float = 0.0
     quiesced: bool = False
+    service_tree: str = ""
+    crashed: list[str] = field(default_factory=list)  # processes that died on their own
     # Load.
     events_planned: int = 0
     scripts: dict[str, int] = field(default_factory=dict)
@@ -67,6 +69,9 @@ class ChaosResult:
     angry_calls: int = 0
     transfers_per_call: Counter[int] = field(default_factory=Counter)  # over angry calls
     transfers_elsewhere: int = 0
+    # Angry calls never transferred, by the escalation claim's state: "claimed" is a claim
+    # taken by an attempt that died before the transfer was sent (it is never retried).
+    untransferred_by_claim: dict[str, int] = field(default_factory=dict)
     transfer_mismatch: int = 0  # request log and sandbox state disagree
     max_transfers: int = 0
     episodes: int = 0
@@ -85,6 +90,8 @@ class ChaosResult:
         found = []
         if not self.quiesced:
             found.append("the queue did not drain before the deadline")
+        if self.crashed:
+            found.append(f"{len(self.crashed)} service processes exited on their own")
         if self.acknowledged < self.events_planned:
             found.append(
                 f"only {self.acknowledged} of {self.events_planned} events were acknowledged"
@@ -137,6 +144,7 @@ class ChaosResult:
             f"events={cfg['events']} workers={cfg['workers']} kill_every={cfg['kill_every']}s "
             f"seed={cfg['seed']} rate={cfg['rate']}/s lease={cfg['lease_seconds']}s",
         )
+        row("service under test", self.service_tree)
         row("wall time", f"{self.seconds:.1f} s")
         row("drained", "yes" if self.quiesced else "NO")
         section("load")
@@ -175,6 +183,7 @@ class ChaosResult:
         section("agents")
         row("angry calls", self.angry_calls)
         row("transfers per angry call", _kv(self.transfers_per_call))
+        row("  not transferred, by claim state", _kv(self.untransferred_by_claim))
         row("max transfers on one call", self.max_transfers)
         row("transfers on other calls", self.transfers_elsewhere)
         row("low-balance episodes", self.episodes)
@@ -194,6 +203,7 @@ class ChaosResult:
         lines.append("RESULT: " + ("PASS" if not problems else "FAIL"))
         lines.extend(f"  - {p}" for p in problems)
         examples = [
+            ("exited on their own", self.crashed),
             ("lost", self.lost),
             ("duplicate runs", self.exact_duplicates),
             ("unexplained re-runs", self.effect_duplicates_unexplained),

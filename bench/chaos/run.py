@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from redis.exceptions import RedisError
 from agents import AgentSettings
 from bench.chaos import handlers as chaos_handlers
 from bench.chaos.load import Load, Pacer, Script, SendDeadline, Sender, plan
-from bench.chaos.procs import Child, RedisProc, free_port
+from bench.chaos.procs import ROOT, Child, RedisProc, free_port
 from bench.chaos.report import ChaosResult, EffectRun, explain_rerun
 from worker.app import build_router
 from worker.queue import Keys
@@ -326,6 +327,7 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] | None = None) 
     end = started + cfg.max_seconds
     run = Stack(cfg, say)
     result = ChaosResult(config=dataclasses.asdict(cfg))
+    tree = service_tree()
     try:
         await run.start()
         say(f"stack up: redis {run.redis.url}, receiver :{run.receiver_port}, logs in {run.dir}")
@@ -340,6 +342,7 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] | None = None) 
             seed=cfg.seed,
         )
         result = await _drive(run, cfg, scripts, started, end)
+        result.service_tree = tree
     finally:
         await run.close()
         if result.ok and not cfg.keep_logs and cfg.run_dir is None:
@@ -391,9 +394,21 @@ async def _drive(
         stop_monitor.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         say("drained" if quiesced else "NOT drained before the deadline")
+        crashed = [
+            f"{c.name} (pid {c.pid}) exited with {c.popen.returncode}: {c.tail(3)}"
+            for c in [*run.workers, *([run.receiver] if run.receiver else [])]
+            if not c.alive()
+        ]
         await run.stop_all()
         result = await collect(run, cfg, sender, load)
+        timeline = {
+            "kills_ms_pid": run.chaos.kills,
+            "redis_stops_ms": run.chaos.redis_stops_ms,
+            "long_waits": run.chaos.waits,
+        }
+        (run.dir / "chaos.json").write_bytes(orjson.dumps(timeline))
         result.quiesced = quiesced
+        result.crashed = crashed
         result.seconds = time.monotonic() - started
         return result
 
@@ -496,8 +511,34 @@ async def collect(run: Stack, cfg: ChaosConfig, sender: Sender, load: Load) -> C
     r.failed_by_handler = dict(by_handler)
 
     _count_transfers(r, log, load, sb)
+    for call_id in load.record.angry_calls:
+        if not any(a["action"] == "transfer" for a in sb.state.get_call(call_id).actions):
+            raw = await client.get(f"{KEYS.prefix}:call:{call_id}:escalation")
+            state = orjson.loads(raw).get("state", "?") if raw else "no claim"
+            r.untransferred_by_claim[state] = r.untransferred_by_claim.get(state, 0) + 1
     _count_charges(r, log, load, sb)
     return r
+
+
+def service_tree() -> str:
+    """The commit under test, and the service files changed on top of it (if any)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "worker", "handlers", "agents"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
 def _wait_text(chaos: Chaos, start: float, length: float) -> str:
