@@ -39,6 +39,13 @@ def parse(argv: list[str] | None = None) -> ChaosConfig:
         default=defaults.slow_rate,
         help="share of deliveries whose chaos.effect sleeps 1.5 leases (lease-loss probe)",
     )
+    add(
+        "--burst",
+        type=int,
+        default=defaults.burst,
+        help="events sent all at once (unpaced) at --burst-at of the load: a traffic spike",
+    )
+    add("--burst-at", type=float, default=defaults.burst_at)
     add("--duplicate-rate", type=float, default=defaults.duplicate_rate)
     add("--lease", dest="lease_seconds", type=float, default=defaults.lease_seconds)
     add("--job-max-tries", type=int, default=defaults.job_max_tries)

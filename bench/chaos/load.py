@@ -106,7 +106,7 @@ class Sender:
         self._watchers.append((count, reached))
         await reached.wait()
 
-    async def deliver(self, body: bytes, *, redelivery: bool = False) -> str:
+    async def deliver(self, body: bytes, *, redelivery: bool = False, paced: bool = True) -> str:
         """Send `body` until a 2xx; return its delivery id. Raises SendDeadline."""
         did = hashlib.sha256(body).hexdigest()
         if redelivery:
@@ -115,7 +115,8 @@ class Sender:
             "Content-Type": "application/json",
             signature.HEADER: signature.sign(body, self.secret),
         }
-        await self.pacer.wait()
+        if paced:
+            await self.pacer.wait()
         while True:
             if time.monotonic() > self.deadline:
                 raise SendDeadline(did)
@@ -151,7 +152,15 @@ class Sender:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return 0, None
 
-    async def send(self, event: str, data: dict[str, Any], rng: random.Random, dup: float) -> str:
+    async def send(
+        self,
+        event: str,
+        data: dict[str, Any],
+        rng: random.Random,
+        dup: float,
+        *,
+        paced: bool = True,
+    ) -> str:
         """Send one new event; with probability `dup` deliver it twice."""
         body = build_event(event, data)
         did = hashlib.sha256(body).hexdigest()
@@ -160,11 +169,14 @@ class Sender:
         self.originals[did] = event
         draw = rng.random()
         if draw < dup / 2:
-            await asyncio.gather(self.deliver(body), self.deliver(body, redelivery=True))
+            await asyncio.gather(
+                self.deliver(body, paced=paced),
+                self.deliver(body, redelivery=True, paced=paced),
+            )
         else:
-            await self.deliver(body)
+            await self.deliver(body, paced=paced)
             if draw < dup:
-                await self.deliver(body, redelivery=True)
+                await self.deliver(body, redelivery=True, paced=paced)
         return did
 
 
@@ -182,6 +194,7 @@ class Script:
     events: int
     start: float  # seconds after the load starts
     index: int
+    burst: bool = False  # sent back to back, unpaced: a traffic spike
 
 
 @dataclass
@@ -196,9 +209,21 @@ class LoadRecord:
 
 
 def plan(
-    events: int, *, angry_every: int, low_every: int, episodes: int, duration: float, seed: int
+    events: int,
+    *,
+    angry_every: int,
+    low_every: int,
+    episodes: int,
+    duration: float,
+    seed: int,
+    burst: int = 0,
+    burst_at: float = 0.75,
 ) -> list[Script]:
-    """Scripts whose events add up to exactly `events`, with start times over `duration`."""
+    """Scripts whose events add up to exactly `events`, with start times over `duration`.
+
+    `burst` of the plain calls' events all start at `burst_at` of the way through and go
+    out as fast as the receiver takes them: a backlog for the workers to drain under kills.
+    """
     rng = random.Random(seed)
     scripts: list[Script] = []
     per_low = episodes * BALANCE_LOW_PER_EPISODE
@@ -213,10 +238,14 @@ def plan(
     for i in range(n_angry):
         scripts.append(Script("angry", ANGRY_EVENTS, rng.uniform(0, 0.8) * duration, i))
     i = 0
+    spike = min(burst, left)
     while left > 0:
         size = 2 if rng.random() < 0.1 else 4 + rng.randint(1, 3)
         size = min(size, left)
-        scripts.append(Script("plain", size, rng.uniform(0, 0.95) * duration, i))
+        in_burst = spike > 0
+        start = burst_at * duration if in_burst else rng.uniform(0, 0.95) * duration
+        scripts.append(Script("plain", size, start, i, burst=in_burst))
+        spike -= size
         left -= size
         i += 1
     scripts.sort(key=lambda s: s.start)
@@ -268,12 +297,15 @@ class Load:
             await self._low_balance(script, rng)
         else:
             await self._plain(script, rng)
-        self.record.sent_scripts[script.kind] += 1
+        self.record.sent_scripts[script.kind + ("(burst)" if script.burst else "")] += 1
 
-    async def _send(self, rng: random.Random, event: str, data: dict[str, Any]) -> None:
-        await self.sender.send(event, data, rng, self.dup)
-        # A call's events come a little apart, as a real call's would.
-        await asyncio.sleep(rng.uniform(0.02, 0.3))
+    async def _send(
+        self, rng: random.Random, event: str, data: dict[str, Any], *, burst: bool = False
+    ) -> None:
+        await self.sender.send(event, data, rng, self.dup, paced=not burst)
+        if not burst:
+            # A call's events come a little apart, as a real call's would.
+            await asyncio.sleep(rng.uniform(0.02, 0.3))
 
     async def _plain(self, script: Script, rng: random.Random) -> None:
         call_id = f"call_chaos_{self.tag}_{script.index}"
@@ -309,7 +341,7 @@ class Load:
                 )
             )
         for event, data in steps[: script.events]:
-            await self._send(rng, event, {**base, **data})
+            await self._send(rng, event, {**base, **data}, burst=script.burst)
 
     async def _angry(self, script: Script, rng: random.Random) -> None:
         state = self.sb.state

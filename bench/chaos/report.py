@@ -90,6 +90,10 @@ class ChaosResult:
         found = []
         if not self.quiesced:
             found.append("the queue did not drain before the deadline")
+        if self.config.get("redis_restart") and not self.redis_down_seconds:
+            found.append("the Redis restart did not happen")
+        if self.config.get("kill_every") and not self.kills:
+            found.append("no worker was killed")
         if self.crashed:
             found.append(f"{len(self.crashed)} service processes exited on their own")
         if self.acknowledged < self.events_planned:
@@ -210,7 +214,7 @@ class ChaosResult:
             ("crash-window re-runs", self.effect_duplicates_explained),
             ("handler successes missing", self.owed_examples),
             ("failed-events record", self.failed_examples),
-            ("due jobs unclaimed for 2 s or more", self.waits),
+            ("due jobs unclaimed for 2 s or more, by the chaos event before", self.waits),
         ]
         for title, items in examples:
             if items:

@@ -59,6 +59,8 @@ class ChaosConfig:
     fail_rate: float = 0.05  # chaos.effect's failed first tries
     slow_rate: float = 0.0  # chaos.effect's runs that outlast a lease (1.5 leases)
     duplicate_rate: float = 0.05
+    burst: int = 0  # events of plain calls sent unpaced, all at once, at burst_at of the load
+    burst_at: float = 0.75
     angry_every: int = 200  # one angry call per this many events
     low_balance_every: int = 500  # one low-balance session per this many events
     episodes: int = 3
@@ -332,7 +334,7 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] | None = None) 
         await run.start()
         say(f"stack up: redis {run.redis.url}, receiver :{run.receiver_port}, logs in {run.dir}")
         assert run.sandbox is not None
-        duration = cfg.events / cfg.rate
+        duration = max(1.0, (cfg.events - cfg.burst) / cfg.rate)
         scripts = plan(
             cfg.events,
             angry_every=cfg.angry_every,
@@ -340,6 +342,8 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] | None = None) 
             episodes=cfg.episodes,
             duration=duration,
             seed=cfg.seed,
+            burst=cfg.burst,
+            burst_at=cfg.burst_at,
         )
         result = await _drive(run, cfg, scripts, started, end)
         result.service_tree = tree
@@ -387,6 +391,8 @@ async def _drive(
             # The restart must have happened (and finished) before the end of the load counts.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(restarter, max(1.0, end - time.monotonic()))
+            if not run.chaos.redis_down_seconds:
+                run.say("the Redis restart did not happen (or did not finish)")
         # Kills go on while the queue drains, for at most chaos_tail_seconds.
         await run.wait_drained(min(time.monotonic() + cfg.chaos_tail_seconds, end))
         stop_chaos.set()
@@ -433,7 +439,7 @@ async def collect(run: Stack, cfg: ChaosConfig, sender: Sender, load: Load) -> C
     r.redis_restarts = len(run.chaos.redis_stops_ms)
     r.redis_down_seconds = run.chaos.redis_down_seconds
     r.longest_wait_seconds = run.chaos.longest_wait
-    r.waits = [_wait_text(run.chaos, start, length) for start, length in sorted(run.chaos.waits)]
+    r.waits = _wait_texts(run.chaos)
     sb = run.sandbox.sandbox
     log = run.sandbox.app[REQUEST_LOG]
     r.api_requests = len(log)
@@ -541,16 +547,26 @@ def service_tree() -> str:
     return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
-def _wait_text(chaos: Chaos, start: float, length: float) -> str:
-    """A long wait of a due job, and the last chaos event before it (a kill, a Redis stop)."""
+def _wait_texts(chaos: Chaos) -> list[str]:
+    """Long waits of due jobs nobody held, grouped by the last chaos event before each."""
     events = [(at / 1000, f"SIGKILL of worker {pid}") for at, pid in chaos.kills]
     events += [(at / 1000, "Redis stop") for at in chaos.redis_stops_ms]
-    before = [(at, what) for at, what in events if at <= start + 0.5]
-    cause = ""
-    if before:
-        at, what = max(before)
-        cause = f", {start - at:.1f} s after the {what}"
-    return f"a due job waited {length:.1f} s unclaimed{cause}"
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for start, length in chaos.waits:
+        before = [(at, what) for at, what in events if at <= start + 0.5]
+        if before:
+            at, what = max(before)
+            groups[what].append((start - at, length))
+        else:
+            groups["no chaos event"].append((0.0, length))
+    lines = []
+    for what, waits in sorted(groups.items(), key=lambda kv: -max(w for _, w in kv[1])):
+        after = min(a for a, _ in waits)
+        lines.append(
+            f"{len(waits)} due jobs unclaimed for up to {max(w for _, w in waits):.1f} s, "
+            f"from {after:.1f} s after the {what}"
+        )
+    return lines
 
 
 def _count_transfers(r: ChaosResult, log: list[dict[str, Any]], load: Load, sb: Any) -> None:
