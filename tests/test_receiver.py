@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import orjson
 import pytest
 
@@ -9,6 +11,7 @@ from tests.conftest import OLD_SECRET, SECRET, event_body, signed_headers
 from worker import signature
 from worker.cli import build_event
 from worker.envelope import delivery_id
+from worker.queue import BUCKET_MS, Keys
 
 PATH = "/webhooks/ringez"
 
@@ -49,9 +52,14 @@ async def test_the_dedupe_record_outlives_the_job(receiver, redis_client, settin
     resp = await receiver.post(PATH, data=body, headers=signed_headers(body))
     assert resp.status == 200
     assert await queued(redis_client, settings) == []
-    ttl = await redis_client.pttl(f"rz:d:{delivery_id(body)[:32]}")
+    stamp = orjson.loads(body)["timestamp"]
+    event_ms = int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+    bucket, field = Keys().dedupe(delivery_id(body), event_ms)
+    assert await redis_client.hexists(bucket, field)
+    # The bucket lives until its newest possible timestamp is past the window.
+    ttl = await redis_client.pttl(bucket)
     window_ms = (settings.dedupe_window_seconds + settings.clock_skew_seconds) * 1000
-    assert window_ms - 60_000 < ttl <= window_ms
+    assert window_ms - 60_000 < ttl <= window_ms + BUCKET_MS
 
 
 async def test_rotated_secrets_and_uppercase_hex_are_accepted(receiver):

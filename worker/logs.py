@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import structlog
 
 REDACTED = "[redacted]"
@@ -61,25 +62,26 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Redaction comes last before rendering, so nothing added later can carry a secret out.
+    tail: list[Any] = [structlog.processors.format_exc_info, Redactor(secrets)]
+    # Our own lines skip stdlib logging (they are on the hot path, one per webhook and per
+    # handler run): the level is checked at the call, the line rendered once and written.
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
             *pre_chain,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            *tail,
+            renderer if console else structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=lambda *args: _NamedWriteLogger(stream, args[0] if args else "ringez"),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=False,
     )
+    # Other libraries' stdlib logging (arq, aiohttp) goes through the same renderer.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            # Last before rendering, so nothing added later can carry a secret out.
-            Redactor(secrets),
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
@@ -92,5 +94,18 @@ def configure_logging(
     logging.getLogger("arq.worker").setLevel(max(root.level, logging.WARNING))
 
 
-def get_logger(name: str = "ringez") -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """A WriteLogger that knows its name, for `add_logger_name`."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        super().__init__(stream)
+        self.name = name
+
+
+def get_logger(name: str = "ringez") -> Any:
+    """A structlog logger named `name` (bind, debug/info/warning/error with key-values)."""
+    return structlog.get_logger(name)

@@ -1,10 +1,16 @@
 """Durable enqueue of webhook deliveries as arq jobs, one Redis round trip per batch.
 
-Each delivery is written by one Lua script that, atomically, claims the dedupe key
-and writes an arq-compatible job (`arq:job:<id>` + a score in the queue's sorted set).
-Concurrent requests are grouped: while one pipeline is in flight the next requests
-queue up and go together in the next one (group commit), so a busy receiver pays one
-round trip for many events instead of arq's three per event.
+Concurrent requests are grouped (group commit): one Lua call writes a whole batch, and
+for each delivery, atomically, claims its dedupe record and writes an arq-compatible job
+(`arq:job:<id>` + a score in the queue's sorted set), then wakes the workers once. A
+busy receiver pays one round trip for many events instead of arq's three per event;
+up to four batches are in flight at once.
+
+The dedupe record is a field in a hash bucketed by the body's own timestamp (10-minute
+buckets, 256 shards): a redelivery is byte-identical, so it lands in the same bucket,
+and a bucket expires once every timestamp in it is older than the window, when the
+receiver refuses such bodies anyway. About 30 bytes per event instead of ~130 for a key
+of its own (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -20,13 +26,31 @@ from redis.exceptions import NoScriptError
 
 JOB_FUNCTION = "handle_event"
 
+BUCKET_MS = 600_000
+
+# KEYS: the queue, then (dedupe bucket, job key) per delivery.
+# ARGV: job ttl ms, wake channel, then (dedupe field, bucket expiry ms, job, score, id)
+# per delivery. Returns 1 (queued) or 0 (duplicate) per delivery.
 _ENQUEUE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-  return 1
+local out = {}
+local queued = 0
+for i = 1, (#KEYS - 1) / 2 do
+  local a = 2 + 5 * (i - 1)
+  local bucket = KEYS[2 * i]
+  if redis.call('HSETNX', bucket, ARGV[a + 1], '1') == 1 then
+    redis.call('PEXPIREAT', bucket, ARGV[a + 2])
+    redis.call('PSETEX', KEYS[2 * i + 1], ARGV[1], ARGV[a + 3])
+    redis.call('ZADD', KEYS[1], ARGV[a + 4], ARGV[a + 5])
+    queued = queued + 1
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-return 0
+if queued > 0 then
+  redis.call('PUBLISH', ARGV[2], '')
+end
+return out
 """
 
 
@@ -37,9 +61,11 @@ class Keys:
     prefix: str = "rz"
     queue: str = "ringez:queue"
 
-    def dedupe(self, delivery_id: str) -> str:
-        # 128 bits of the body hash are plenty to tell deliveries apart and halve the key.
-        return f"{self.prefix}:d:{delivery_id[:32]}"
+    def dedupe(self, delivery_id: str, event_ms: int) -> tuple[str, bytes]:
+        """(bucket key, field) of a delivery's dedupe record; `event_ms` is its timestamp."""
+        bucket = event_ms // BUCKET_MS
+        # 128 bits of the body hash tell deliveries apart; 8 of them pick the shard.
+        return f"{self.prefix}:d:{bucket}:{delivery_id[:2]}", bytes.fromhex(delivery_id[2:34])
 
     def job(self, delivery_id: str) -> str:
         return job_key_prefix + delivery_id
@@ -104,34 +130,46 @@ class EventQueue:
         dedupe_ttl_ms: int,
         job_ttl_ms: int,
         max_batch: int = 256,
+        max_inflight: int = 4,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._dedupe_ttl = str(dedupe_ttl_ms)
+        self._dedupe_ttl = dedupe_ttl_ms
         self._job_ttl = str(job_ttl_ms)
         self._max_batch = max_batch
+        self._max_inflight = max_inflight
         self._sha: str | None = None
-        self._pending: list[tuple[tuple[str, ...], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
 
-    async def enqueue(self, delivery_id: str, body: bytes, received_ms: int | None = None) -> bool:
+    async def enqueue(
+        self,
+        delivery_id: str,
+        body: bytes,
+        received_ms: int | None = None,
+        event_ms: int | None = None,
+    ) -> bool:
         """Queue one delivery. True: new job written. False: a duplicate inside the window.
 
-        Raises the Redis error when the write cannot be confirmed.
+        `event_ms` is the body's own timestamp (it places the dedupe record); raises the
+        Redis error when the write cannot be confirmed.
         """
         now = received_ms if received_ms is not None else int(time.time() * 1000)
-        args = (
-            self._keys.dedupe(delivery_id),
+        stamp = event_ms if event_ms is not None else now
+        bucket, field = self._keys.dedupe(delivery_id, stamp)
+        expires_at = (stamp // BUCKET_MS + 1) * BUCKET_MS + self._dedupe_ttl
+        item = (
+            bucket,
             self._keys.job(delivery_id),
-            self._keys.queue,
-            self._dedupe_ttl,
-            self._job_ttl,
-            job_bytes(delivery_id, body, now),  # type: ignore[arg-type]
-            str(now),
+            field,
+            expires_at,
+            job_bytes(delivery_id, body, now),
+            now,
             delivery_id,
         )
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((args, future))  # type: ignore[arg-type]
+        self._pending.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -140,40 +178,47 @@ class EventQueue:
         # Let every request that is already runnable join the first batch.
         await asyncio.sleep(0)
         while self._pending:
+            if len(self._inflight) >= self._max_inflight:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            try:
-                results = await self._write(batch)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+            task = asyncio.create_task(self._commit(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            await asyncio.sleep(0)
+
+    async def _commit(self, batch: list) -> None:
+        try:
+            results = await self._write(batch)
+        except Exception as exc:
+            for _, future in batch:
                 if not future.done():
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(bool(result))
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(bool(result))
 
     async def _write(self, batch: list) -> list[object]:
         if self._sha is None:
             self._sha = await self._redis.script_load(_ENQUEUE)
-        results = await self._pipeline(batch)
-        if any(isinstance(r, NoScriptError) for r in results):
+        try:
+            return await self._evalsha(batch)
+        except NoScriptError:
             # Redis restarted and lost its script cache; nothing ran, so run it again.
             self._sha = await self._redis.script_load(_ENQUEUE)
-            results = await self._pipeline(batch)
-        return results
+            return await self._evalsha(batch)
 
-    async def _pipeline(self, batch: list) -> list[object]:
-        pipe = self._redis.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.evalsha(self._sha, 3, *args)
-        pipe.publish(self._keys.wake, b"")
-        results = await pipe.execute(raise_on_error=False)
-        return results[:-1]
+    async def _evalsha(self, batch: list) -> list[object]:
+        keys: list[object] = [self._keys.queue]
+        argv: list[object] = [self._job_ttl, self._keys.wake]
+        for (bucket, job_key, field, expires_at, job, score, delivery_id), _ in batch:
+            keys += (bucket, job_key)
+            argv += (field, expires_at, job, score, delivery_id)
+        return await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._inflight, return_exceptions=True)

@@ -110,7 +110,12 @@ async def _receive(request: web.Request) -> web.Response:
 
     started = time.perf_counter()
     try:
-        new = await request.app[QUEUE].enqueue(delivery_id, body, int(time.time() * 1000))
+        new = await request.app[QUEUE].enqueue(
+            delivery_id,
+            body,
+            received_ms=int(time.time() * 1000),
+            event_ms=int(env.timestamp.timestamp() * 1000),
+        )
     except (RedisError, OSError) as exc:
         metrics.rejected.labels("queue_unavailable").inc()
         log.warning("webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__)
