@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -46,9 +47,18 @@ class ReceiverMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
+        # Read at scrape time: a plain int costs the hot path nothing.
+        self.in_flight = 0
+        Gauge(
             "ringez_webhooks_in_flight", "Webhook requests being handled", registry=self.registry
-        )
+        ).set_function(lambda: self.in_flight)
+        self._received_by_event: dict[str, Any] = {}
+
+    def count_received(self, event: str) -> None:
+        child = self._received_by_event.get(event)
+        if child is None:
+            child = self._received_by_event[event] = self.received.labels(event)
+        child.inc()
 
 
 class WorkerMetrics:

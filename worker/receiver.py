@@ -55,12 +55,12 @@ def _content_type_ok(request: web.Request) -> bool:
 
 async def receive_webhook(request: web.Request) -> web.Response:
     """POST handler: verify, check, durably enqueue, then answer."""
-    gauge = request.app[METRICS].in_flight
-    gauge.inc()
+    metrics = request.app[METRICS]
+    metrics.in_flight += 1
     try:
         return await _receive(request)
     finally:
-        gauge.dec()
+        metrics.in_flight -= 1
 
 
 async def _receive(request: web.Request) -> web.Response:
@@ -135,7 +135,7 @@ async def _receive(request: web.Request) -> web.Response:
         return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
     log.info("webhook.accepted", **fields)
     # Senders choose event names: unknown ones share a label so label values stay bounded.
-    metrics.received.labels(env.event if env.event in EVENT_NAMES else "other").inc()
+    metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
     return _json(202, {"received": True, "id": delivery_id})
 
 
