@@ -58,3 +58,23 @@ def test_delivery_id_is_the_sha256_of_the_raw_body():
     assert envelope.delivery_id(b"abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+@pytest.mark.parametrize(
+    ("levels", "accepted"), [(envelope.MAX_DEPTH - 2, True), (envelope.MAX_DEPTH - 1, False)]
+)
+def test_nesting_limit_is_exact(levels: int, accepted: bool) -> None:
+    # `{` for the envelope and `data`, then `levels` lists: MAX_DEPTH or MAX_DEPTH + 1 deep.
+    body = (
+        b'{"event":"x","timestamp":"2026-01-01T00:00:00Z","data":{"a":'
+        + b"[" * levels
+        + b"]" * levels
+        + b"}}"
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    if accepted:
+        envelope.parse(body, now=now, window_seconds=60, skew_seconds=60)
+    else:
+        with pytest.raises(envelope.EnvelopeError) as info:
+            envelope.parse(body, now=now, window_seconds=60, skew_seconds=60)
+        assert info.value.code == "too_deep"

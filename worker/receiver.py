@@ -84,9 +84,12 @@ async def _receive(request: web.Request) -> web.Response:
             request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
         )
     try:
-        # A sender that stalls mid-body must not hold a connection and a buffer forever.
-        async with asyncio.timeout(settings.body_read_timeout_seconds):
-            body = await request.read()
+        if request.content.is_eof():
+            body = await request.read()  # all of it has arrived: nothing to wait for
+        else:
+            # A sender that stalls mid-body must not hold a connection and a buffer forever.
+            async with asyncio.timeout(settings.body_read_timeout_seconds):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _reject(
             request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"

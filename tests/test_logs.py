@@ -1,0 +1,48 @@
+"""JSON log lines: written through the buffer, one per call, secrets removed."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+import structlog
+
+from tests.conftest import wait_for
+from worker.logs import REDACTED, configure_logging, get_logger
+
+SECRET = "whsec_log_test_0123456789"
+
+
+@pytest.fixture
+def restore_logging():
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:], root.level = handlers, level
+
+
+async def test_json_lines_reach_the_file_without_secrets(tmp_path, restore_logging):
+    path = tmp_path / "log.jsonl"
+    with path.open("w") as stream:
+        configure_logging("INFO", "json", secrets=[SECRET], stream=stream)
+    log = get_logger("ringez.test")
+    log.info("webhook.accepted", delivery_id="d1", note=f"key={SECRET}", api_key="rk_1")
+    log.debug("below.level", delivery_id="d2")
+    logging.getLogger("arq.jobs").warning("stdlib line %s", SECRET)
+
+    def lines() -> list[dict]:
+        return [orjson.loads(line) for line in path.read_text().splitlines()]
+
+    await wait_for(lambda: len(lines()) >= 2, deadline_s=5, what="two flushed log lines")
+    ours, stdlib = lines()
+    assert ours["event"] == "webhook.accepted"
+    assert ours["delivery_id"] == "d1"
+    assert ours["logger"] == "ringez.test"
+    assert ours["level"] == "info"
+    assert ours["note"] == f"key={REDACTED}"
+    assert ours["api_key"] == REDACTED
+    assert stdlib["event"] == f"stdlib line {REDACTED}"
+    assert SECRET not in path.read_text()
