@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
 from worker.app import create_worker
 from worker.logs import get_logger
 from worker.receiver import create_app
+from worker.redis_conn import redis_from_settings
 from worker.redis_server import start_embedded
 from worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
 from worker.settings import Settings
@@ -128,7 +128,7 @@ def _secret(value: str) -> Any:
 
 async def _wait_drained(settings: Settings, deadline_s: float = 20.0) -> None:
     """Until the queue is empty (every delivered event handled), or the deadline."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_from_settings(settings)
     try:
         for _ in range(int(deadline_s / 0.05)):
             if not await redis.zcard(settings.queue_name):
@@ -140,7 +140,7 @@ async def _wait_drained(settings: Settings, deadline_s: float = 20.0) -> None:
 
 async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
     requests = sandbox.app[REQUEST_LOG]
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_from_settings(settings)
     try:
         _say()
         _say("what happened")

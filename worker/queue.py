@@ -23,9 +23,14 @@ import hiredis
 import orjson
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 JOB_FUNCTION = "handle_event"
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than asked for confirmed a write in time (the receiver answers 503)."""
+
 
 BUCKET_MS = 600_000
 
@@ -132,6 +137,8 @@ class EventQueue:
         job_ttl_ms: int,
         max_batch: int = 256,
         max_inflight: int = 4,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -139,6 +146,9 @@ class EventQueue:
         self._job_ttl = str(job_ttl_ms)
         self._max_batch = max_batch
         self._max_inflight = max_inflight
+        # With replicas (Sentinel), WAIT in the same round trip: a 2xx then means the
+        # event is on `wait_replicas` replicas too, so a failover cannot lose it.
+        self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._sha: str | None = None
         self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -220,12 +230,25 @@ class EventQueue:
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
         packed = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
+        if self._wait is not None:
+            packed += hiredis.pack_command(self._wait)
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
 
         async def send() -> list[object]:
             await conn.send_packed_command(packed)
-            return await conn.read_response()
+            if self._wait is None:
+                return await conn.read_response()
+            try:
+                results = await conn.read_response()
+            except ResponseError:
+                # Read WAIT's reply too, or the next user of this connection gets it.
+                await conn.read_response()
+                raise
+            acked = await conn.read_response()
+            if acked < self._wait[1]:
+                raise NotReplicated(f"{acked} of {self._wait[1]} replicas confirmed the write")
+            return results
 
         async def on_error(error: Exception) -> None:
             await conn.disconnect()

@@ -195,6 +195,8 @@ def _redis_ctx(shared: Redis | None):
             keys,
             dedupe_ttl_ms=window_ms,
             job_ttl_ms=max(window_ms, settings.handler_state_ttl_seconds * 1000),
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         yield
         await app[QUEUE].close()

@@ -1,39 +1,79 @@
-"""Redis clients built from settings: bounded pools, timeouts, retry on reconnect."""
+"""Redis clients built from settings: bounded pools, timeouts, retry on reconnect.
+
+With a Sentinel URL (see `worker.redis_url`) both clients ask the Sentinels where the
+master is, and again after a failover.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+from worker.redis_url import is_sentinel_url, parse_sentinel_url
 from worker.settings import Settings
 
 
 def _retry() -> Retry:
-    # Two quick retries ride over a dropped pooled connection after a Redis restart;
-    # a Redis that stays away still fails fast so the receiver can answer 503.
+    # Two quick retries ride over a dropped pooled connection after a Redis restart (or a
+    # Sentinel failover); a Redis that stays away still fails fast so the receiver can
+    # answer 503.
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
 
 
 def redis_from_settings(settings: Settings) -> Redis:
-    """An asyncio Redis client with a bounded, blocking pool."""
+    """An asyncio Redis client with a bounded pool (found through Sentinel when asked)."""
+    timeouts: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "retry": _retry(),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
+    if is_sentinel_url(settings.redis_url):
+        target = parse_sentinel_url(settings.redis_url)
+        sentinel = Sentinel(
+            target.hosts,
+            sentinel_kwargs={
+                "socket_timeout": settings.redis_timeout_seconds,
+                "socket_connect_timeout": settings.redis_timeout_seconds,
+            },
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+            **timeouts,
+        )
+        # redis-py has no blocking Sentinel pool: this one raises when all are in use.
+        return sentinel.master_for(target.master, max_connections=settings.redis_max_connections)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout_seconds,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=_retry(),
-        retry_on_error=[ConnectionError, TimeoutError],
+        **timeouts,
     )
     return Redis.from_pool(pool)
 
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
-    """The same Redis, described the way arq wants it."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
+    """The same Redis, described the way arq wants it (arq's own Sentinel support included)."""
+    if is_sentinel_url(settings.redis_url):
+        target = parse_sentinel_url(settings.redis_url)
+        rs = RedisSettings(
+            host=target.hosts,
+            sentinel=True,
+            sentinel_master=target.master,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+        )
+    else:
+        rs = RedisSettings.from_dsn(settings.redis_url)
     rs.conn_timeout = max(1, int(settings.redis_timeout_seconds))
     rs.conn_retries = 5
     rs.conn_retry_delay = 1

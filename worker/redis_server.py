@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -47,11 +48,17 @@ class RedisServer:
     """One server process; `start`/`stop` may be called repeatedly on the same port."""
 
     def __init__(
-        self, *, port: int | None = None, binary: str | None = None, appendonly: bool = False
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
     ):
         self.binary, self.label = (binary, binary) if binary else find_server_binary()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix="ringez-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,8 +66,9 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [
+    def command(self) -> list[str]:
+        """The server's command line (subclasses start other roles, such as a Sentinel)."""
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -76,8 +84,13 @@ class RedisServer:
             "everysec",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
+
 
 class SettingsError(Exception):
     """Configuration is missing or malformed; the message never contains a value."""
@@ -23,6 +25,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_timeout_seconds: float = Field(2.0, gt=0)
     redis_max_connections: int = Field(16, ge=2)
+    # >0 with replicas (Sentinel): answer a webhook only once this many replicas have it.
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_ms: int = Field(1000, ge=1)
 
     # Ringez.
     ringez_webhook_secret: SecretStr | None = None
@@ -72,8 +77,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)  # raises a ValueError saying what is wrong
+        elif value.split("://", 1)[0] not in PLAIN_SCHEMES:
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return value
 
     @field_validator("ringez_api_url")
@@ -115,8 +122,9 @@ class Settings(BaseSettings):
         if self.ringez_webhook_secret is not None:
             values.append(self.ringez_webhook_secret.get_secret_value())
         # The password inside a redis URL is a secret too.
-        if "@" in self.redis_url and ":" in self.redis_url.split("@", 1)[0][8:]:
-            values.append(self.redis_url.split("@", 1)[0].rsplit(":", 1)[1])
+        password = url_password(self.redis_url)
+        if password:
+            values.append(password)
         return [v for v in values if len(v) >= 4]
 
 
