@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from structlog.typing import FilteringBoundLogger
 
 from handlers.events import EVENT_NAMES
 from worker import envelope, signature
@@ -23,8 +24,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
-
-log = get_logger("ringez.receiver")
+LOG = web.AppKey("log", FilteringBoundLogger)
 
 
 def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -40,7 +40,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
 def _reject(
     request: web.Request, status: int, code: str, message: str, **fields: object
 ) -> web.Response:
-    log.info("webhook.rejected", status=status, reason=code, **fields)
+    request.app[LOG].info("webhook.rejected", status=status, reason=code, **fields)
     request.app[METRICS].rejected.labels(code).inc()
     return _error(status, code, message)
 
@@ -121,7 +121,9 @@ async def _receive(request: web.Request) -> web.Response:
         )
     except (RedisError, OSError) as exc:
         metrics.rejected.labels("queue_unavailable").inc()
-        log.warning("webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__)
+        request.app[LOG].warning(
+            "webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__
+        )
         return _error(
             503,
             "queue_unavailable",
@@ -133,10 +135,10 @@ async def _receive(request: web.Request) -> web.Response:
     data = env.payload["data"]
     fields = {"delivery_id": delivery_id, "event_type": env.event, "call_id": data.get("call_id")}
     if not new:
-        log.info("webhook.duplicate", **fields)
+        request.app[LOG].info("webhook.duplicate", **fields)
         metrics.duplicates.inc()
         return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
-    log.info("webhook.accepted", **fields)
+    request.app[LOG].info("webhook.accepted", **fields)
     # Senders choose event names: unknown ones share a label so label values stay bounded.
     metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
     return _json(202, {"received": True, "id": delivery_id})
@@ -174,6 +176,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = ReceiverMetrics()
+    # Bound once, with the logging configured now: a lazy proxy would rebuild the logger
+    # on every call, and this one logs every webhook.
+    app[LOG] = get_logger("ringez.receiver").bind()
     app.router.add_post(settings.webhook_path, receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
