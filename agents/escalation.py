@@ -2,13 +2,17 @@
 
 Watches the caller's final transcript segments (sentiment-analysis on each), and takes
 hand-overs from the support agent. Before any transfer it takes a claim in Redis that
-also checks the call has not ended; the claim is released only when the transfer
-definitely did not happen, so redeliveries, retries and concurrent workers can never
-transfer a call twice.
+also checks the call has not ended. The claim moves `claimed` -> `sending` (just before
+the transfer request) -> `transferred`/`skipped`/`uncertain`, each move made only by the
+attempt that holds it, so redeliveries, retries and concurrent workers can never
+transfer a call twice. An attempt that died while `claimed` sent nothing, so the retry
+of the same delivery takes its claim over; one that died while `sending` may have
+transferred, so its retry records the delivery as failed for a person to check.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -20,16 +24,34 @@ from handlers import Context, Event, Router, TranscriptionUpdated
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 
-# Claim only a call that has not ended and that nobody has claimed.
+# KEYS: claim, ended marker. ARGV: our claim, ttl, our delivery id.
+# Claim a call that has not ended and that nobody else holds; take over the claim of an
+# earlier attempt at the same delivery that died before sending anything.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'ended' end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 'claimed' end
-return 'held'
+local held = cjson.decode(redis.call('GET', KEYS[1]))
+if held['delivery_id'] ~= ARGV[3] then return 'held' end
+if held['state'] == 'claimed' then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 'taken_over'
+end
+return held['state']
+"""
+# KEYS: claim. ARGV: our attempt, the state we expect, the state to move to.
+_MOVE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local claim = cjson.decode(v)
+if claim['attempt'] ~= ARGV[1] or claim['state'] ~= ARGV[2] then return 0 end
+claim['state'] = ARGV[3]
+redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
+return 1
 """
 # Release only our own claim.
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
-if v and cjson.decode(v)['delivery_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if v and cjson.decode(v)['attempt'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -64,7 +86,8 @@ class EscalationAgent:
             return
         keys = CallKeys(ctx.settings.key_prefix, data.call_id)
         # Cheap check first: no sentiment calls once the call is escalated or over.
-        if await ctx.redis.exists(keys.escalation, keys.ended):
+        ended, held = await ctx.redis.mget(keys.ended, keys.escalation)
+        if ended or (held and orjson.loads(held).get("delivery_id") != ctx.delivery_id):
             return
         analysis = await ctx.ringez.agents.analyze_sentiment(
             call_id=data.call_id, transcript_segment=data.text, include_recommendations=True
@@ -89,12 +112,32 @@ class EscalationAgent:
         """Transfer the call to a human once; returns the number, or None if not transferred."""
         call_id = event.call_id or ""
         keys = CallKeys(ctx.settings.key_prefix, call_id)
-        claim = orjson.dumps({"delivery_id": ctx.delivery_id, "state": "claimed", "reason": reason})
+        attempt = os.urandom(8).hex()
+        claim = orjson.dumps(
+            {
+                "delivery_id": ctx.delivery_id,
+                "attempt": attempt,
+                "state": "claimed",
+                "reason": reason,
+            }
+        )
         outcome = await ctx.redis.eval(
-            _CLAIM, 2, keys.escalation, keys.ended, claim, self.config.escalation_claim_ttl_seconds
+            _CLAIM,
+            2,
+            keys.escalation,
+            keys.ended,
+            claim,
+            self.config.escalation_claim_ttl_seconds,
+            ctx.delivery_id,
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        if outcome != "claimed":
+        if outcome == "sending":
+            # An earlier attempt at this delivery died between sending and recording.
+            ctx.log.error("escalation.uncertain", why="an earlier attempt died while sending")
+            raise EscalationUncertain(f"transfer of {call_id} may have happened (attempt died)")
+        if outcome == "taken_over":
+            ctx.log.info("escalation.taken_over", why="an earlier attempt died before sending")
+        elif outcome != "claimed":
             ctx.log.info(
                 "escalation.skipped", why="call ended" if outcome == "ended" else "claimed"
             )
@@ -109,8 +152,17 @@ class EscalationAgent:
                 return None
             target = await self._route(event, ctx)
             note = f"Escalated by ringez-agent-worker: {reason}"
+            if not await ctx.redis.eval(_MOVE, 1, keys.escalation, attempt, "claimed", "sending"):
+                # A retry of this delivery took the claim over (we were presumed dead).
+                ctx.log.warning("escalation.skipped", why="claim taken over")
+                return None
             sent = True
-            await ctx.ringez.calls.transfer(call_id, transfer_to=target, transfer_note=note)
+            # One HTTP attempt while `sending`: a refused one (503/429, no connection) frees
+            # the claim and the job's own retry tries again, so the window in which a kill
+            # leaves the outcome unknown is one request, not a retry loop with backoff.
+            await ctx.ringez.calls.transfer(
+                call_id, transfer_to=target, transfer_note=note, attempts=1
+            )
         except Exception as exc:
             if sent and not _definitely_refused(exc):
                 await self._set_state(ctx, keys, claim, "uncertain", error=type(exc).__name__)
@@ -119,7 +171,7 @@ class EscalationAgent:
                     f"transfer of {call_id} may have happened: {type(exc).__name__}"
                 ) from exc
             # Nothing was transferred: free the claim so a retry or a later segment can.
-            await ctx.redis.eval(_RELEASE, 1, keys.escalation, ctx.delivery_id)
+            await ctx.redis.eval(_RELEASE, 1, keys.escalation, attempt)
             ctx.log.warning("escalation.failed", error=f"{type(exc).__name__}: {exc}")
             raise
         await self._set_state(ctx, keys, claim, "transferred", transfer_to=target)

@@ -107,6 +107,53 @@ async def test_a_completed_call_is_never_transferred(redis_url, redis_client):
         assert stack.transfers(call.call_id) == []
 
 
+async def _angry_segment_after_a_dead_attempt(stack, redis_client, state: str):
+    """An angry segment whose delivery an earlier, killed attempt left in `state`."""
+    sandbox = stack.sandbox.sandbox
+    session = sandbox.state.create_session()
+    call, _ = sandbox.state.initiate_call(session.session_id, "+15005550006")
+    sandbox.state.answer(call)
+    body = event_body(
+        "transcription.updated",
+        text="This is ridiculous, get me a manager now!",
+        speaker="caller",
+        is_final=True,
+        call_id=call.call_id,
+        session_id=session.session_id,
+    )
+    claim = {"delivery_id": delivery_id(body), "attempt": "killed", "state": state}
+    await redis_client.set(f"rz:call:{call.call_id}:escalation", orjson.dumps(claim), ex=600)
+    status, _ = await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
+    assert status == 202
+    await wait_for(drained(redis_client, stack.settings), what="the segment handled")
+    record = await redis_client.get(f"rz:call:{call.call_id}:escalation")
+    return call.call_id, delivery_id(body), orjson.loads(record)
+
+
+async def test_a_claim_left_before_sending_is_taken_over(redis_url, redis_client):
+    # The killed attempt had claimed the call but not sent the transfer: the retry does.
+    async with agent_stack(redis_url) as stack:
+        call_id, _, claim = await _angry_segment_after_a_dead_attempt(
+            stack, redis_client, "claimed"
+        )
+        assert len(stack.transfers(call_id)) == 1
+        assert claim["state"] == "transferred"
+        assert claim["attempt"] != "killed"
+
+
+async def test_a_claim_left_while_sending_goes_to_a_person(redis_url, redis_client):
+    # The killed attempt may have transferred: no second transfer, a failed record instead.
+    async with agent_stack(redis_url, job_max_tries=5) as stack:
+        call_id, did, claim = await _angry_segment_after_a_dead_attempt(
+            stack, redis_client, "sending"
+        )
+        assert stack.transfers(call_id) == []
+        assert claim["state"] == "sending"  # left as it was, for the person who checks
+        record = orjson.loads(await redis_client.hget("rz:failed", did))
+        assert record["attempts"] == 1
+        assert any("EscalationUncertain" in r for r in record["handlers"].values())
+
+
 def low_balance_event(session_id: str, minutes: float, n: int) -> bytes:
     return event_body(
         "balance.low",

@@ -819,6 +819,18 @@ async def test_a_transfer_is_resent_after_an_answer_that_says_it_did_not_run(
     assert len(api.requests_to("POST", path)) == 2
 
 
+@pytest.mark.parametrize("status", [429, 503])
+async def test_one_attempt_means_no_retry_here(api: FakeRingez, client: RingezClient, status: int):
+    # The escalation agent retries through its job instead, so it asks for one attempt.
+    path = "/calls/c1/actions"
+    api.script("POST", path, Reply(status), Reply(200, {"call_id": "c1", "status": "executed"}))
+    with pytest.raises(RingezError) as caught:
+        await client.calls.transfer("c1", transfer_to="+15005550006", attempts=1)
+    assert caught.value.status == status
+    assert caught.value.retryable and not caught.value.maybe_executed
+    assert len(api.requests_to("POST", path)) == 1
+
+
 async def test_a_refused_connection_is_known_not_to_have_run() -> None:
     async with make_client(f"http://127.0.0.1:{free_port()}/api/v1", max_attempts=2) as c:
         with pytest.raises(RingezUnavailable) as caught:

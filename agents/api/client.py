@@ -160,13 +160,20 @@ class RingezClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
+        attempts: int | None = None,
     ) -> dict[str, Any]:
         """Send any request (path relative to the base URL) with auth and retries; its JSON.
 
         Pass `idempotent=False` for requests that must not run twice and carry no
         idempotency key: they are retried only when they surely did not run."""
         return await self._transport.request(
-            method, path, headers=self._headers(), json=json, params=params, idempotent=idempotent
+            method,
+            path,
+            headers=self._headers(),
+            json=json,
+            params=params,
+            idempotent=idempotent,
+            attempts=attempts,
         )
 
     async def aclose(self) -> None:

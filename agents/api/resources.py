@@ -35,9 +35,10 @@ class Resource:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
+        attempts: int | None = None,
     ) -> M:
         data = await self._client.request(
-            method, path, json=json, params=params, idempotent=idempotent
+            method, path, json=json, params=params, idempotent=idempotent, attempts=attempts
         )
         try:
             return model.model_validate(data)
@@ -177,7 +178,12 @@ class Calls(Resource):
         return await self._send(m.CallStatus, "GET", f"/calls/{_seg(call_id)}")
 
     async def action(
-        self, call_id: str, action: str, parameters: Mapping[str, Any] | None = None
+        self,
+        call_id: str,
+        action: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        attempts: int | None = None,
     ) -> m.CallActionResult:
         """POST /calls/{call_id}/actions with any action name and parameters.
 
@@ -185,7 +191,9 @@ class Calls(Resource):
         may have run: an ambiguous failure raises with `maybe_executed` set."""
         body = _fields(action=action, parameters=_obj(parameters))
         path = f"/calls/{_seg(call_id)}/actions"
-        return await self._send(m.CallActionResult, "POST", path, json=body, idempotent=False)
+        return await self._send(
+            m.CallActionResult, "POST", path, json=body, idempotent=False, attempts=attempts
+        )
 
     async def dtmf(self, call_id: str, digits: str) -> m.CallActionResult:
         """Send DTMF tones."""
@@ -206,10 +214,11 @@ class Calls(Resource):
         *,
         transfer_note: str | None = None,
         reason: str | None = None,
+        attempts: int | None = None,
     ) -> m.CallActionResult:
         """Transfer the call to `transfer_to` (E.164), with an optional note and reason."""
         parameters = _fields(transfer_to=transfer_to, transfer_note=transfer_note, reason=reason)
-        return await self.action(call_id, "transfer", parameters)
+        return await self.action(call_id, "transfer", parameters, attempts=attempts)
 
     async def hangup(self, call_id: str) -> m.CallEnded:
         """DELETE /calls/{call_id}: end the call, returning its duration and cost."""

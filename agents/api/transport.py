@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -81,8 +82,12 @@ class HttpTransport:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
+        attempts: int | None = None,
     ) -> dict[str, Any]:
         """Send one logical request, retrying what may succeed later; the JSON object answer.
+
+        `attempts` overrides the retry policy's number of tries (1: no retries here, for a
+        caller that retries on its own terms).
 
         `idempotent=False` (call actions such as a transfer, which carry no idempotency
         key) retries only when the request surely did not run: no connection was made,
@@ -103,7 +108,7 @@ class HttpTransport:
         if data is not None:
             all_headers["Content-Type"] = "application/json"
 
-        policy = self.retry
+        policy = self.retry if attempts is None else replace(self.retry, max_attempts=attempts)
         for attempt in range(1, policy.max_attempts + 1):
             if self.rate_limiter is not None:
                 await self.rate_limiter.acquire()
@@ -163,7 +168,7 @@ class HttpTransport:
             error = error_for_status(
                 status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
             )
-            delay = self._retry_delay(error, status, attempt, retry_after)
+            delay = self._retry_delay(error, status, attempt, retry_after, policy.max_attempts)
             if status >= 500 and status not in NOT_EXECUTED_STATUSES:
                 error.maybe_executed = True
                 if not idempotent:
@@ -184,10 +189,15 @@ class HttpTransport:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _retry_delay(
-        self, error: RingezError, status: int, attempt: int, retry_after: float | None
+        self,
+        error: RingezError,
+        status: int,
+        attempt: int,
+        retry_after: float | None,
+        max_attempts: int,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to raise `error` now."""
-        if status not in RETRY_STATUSES or attempt >= self.retry.max_attempts:
+        if status not in RETRY_STATUSES or attempt >= max_attempts:
             return None
         if isinstance(error, RateLimited) and retry_after is not None:
             # Honour the server's wait; one longer than we are willing to sleep goes up to

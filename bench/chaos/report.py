@@ -69,8 +69,9 @@ class ChaosResult:
     angry_calls: int = 0
     transfers_per_call: Counter[int] = field(default_factory=Counter)  # over angry calls
     transfers_elsewhere: int = 0
-    # Angry calls never transferred, by the escalation claim's state: "claimed" is a claim
-    # taken by an attempt that died before the transfer was sent (it is never retried).
+    # Angry calls never transferred, by the escalation claim's state. "claimed" would be a
+    # claim left by an attempt that died before sending and that no retry took over (a
+    # failure); "sending" one that died while sending, recorded as failed for a person.
     untransferred_by_claim: dict[str, int] = field(default_factory=dict)
     transfer_mismatch: int = 0  # request log and sandbox state disagree
     max_transfers: int = 0
@@ -123,6 +124,11 @@ class ChaosResult:
             found.append(f"{self.handler_successes_owed} handler successes missing")
         if self.max_transfers > 1 or self.transfers_elsewhere or self.transfer_mismatch:
             found.append("a call was transferred more than once (or a stray transfer)")
+        if self.untransferred_by_claim.get("claimed"):
+            found.append(
+                f"{self.untransferred_by_claim['claimed']} angry calls were left claimed by "
+                "an attempt that died before sending, and never transferred"
+            )
         if self.max_charges > 1 or self.charges_outside_episodes:
             found.append("a low-balance episode was charged more than once")
         return found
