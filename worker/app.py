@@ -256,12 +256,17 @@ class RingezWorker(Worker):
         if backlog:
             # More is queued than we could take: poll again once a batch of slots is free.
             while self.max_jobs - self.job_counter < self._refill and self.allow_pick_jobs:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+                await self._wait_for_wake()
                 self._wake.clear()
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+            await self._wait_for_wake()
+
+    async def _wait_for_wake(self) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the wake fires, and the worker would then never stop.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._idle_poll):
+                await self._wake.wait()
 
     async def _claim_and_start(self, job_ids: list[bytes]) -> None:
         # A short lease, renewed while the job runs, instead of arq's job_timeout + 10 s:

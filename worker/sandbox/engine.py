@@ -164,8 +164,10 @@ class Sandbox:
                 return False
             # No await between this clear and the check above, so no change is missed.
             call.changed.clear()
+            # asyncio.timeout: 3.11's wait_for can swallow a cancellation (gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await call.changed.wait()
         return True
 
     async def ended_within(self, call: Call, seconds: float) -> bool:
