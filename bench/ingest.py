@@ -11,8 +11,6 @@ Designs:
   straightforward  bench/baseline_receiver.py --design straightforward: HMAC, arq enqueue_job
   ringez           python -m worker.cli serve (LOG_LEVEL=INFO: one log line per event)
   ringez-warn      the same with LOG_LEVEL=WARNING (shows what the per-event log line costs)
-  patched:A+B      bench/patched_serve.py --patches A,B (proposed receiver/queue patches,
-                   applied in memory; LOG_LEVEL=INFO)
 
 Reports req/s, wrk's latency percentiles, duplicates, receiver peak RSS (VmHWM) and the
 CPU seconds used by the receiver, redis-server and wrk. Loopback only, bounded, stops
@@ -58,7 +56,6 @@ from worker.redis_server import RedisServer  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}
-PATCHED_QUEUE = "ringez:queue"
 ALL_DESIGNS = ("bare", "straightforward", "ringez", "ringez-warn")
 
 
@@ -72,11 +69,6 @@ def write_requests(path: Path, count: int, tag: str) -> None:
 
 def receiver(design: str, port: int, redis_url: str, log_dir: Path) -> Service:
     env = {"REDIS_URL": redis_url, "RINGEZ_WEBHOOK_SECRET": SECRET}
-    if design.startswith("patched:"):
-        # patched:<patch>+<patch>... : bench/patched_serve.py at LOG_LEVEL=INFO
-        argv = ["bench/patched_serve.py", "--patches", design[8:].replace("+", ",")]
-        name = design.replace(":", "-").replace("+", "_")
-        return Service(name, [*argv, "--port", str(port)], {**env, "LOG_LEVEL": "INFO"}, log_dir)
     if design in ("bare", "straightforward"):
         argv = ["bench/baseline_receiver.py", "--design", design, "--port", str(port)]
         return Service(design, [*argv, "--redis-url", redis_url], env, log_dir)
@@ -170,7 +162,7 @@ def one_run(
             memory = svc.memory_kb()
             if not svc.alive():
                 raise SystemExit(f"{design} died:\n{svc.tail()}")
-            queue = PATCHED_QUEUE if design.startswith("patched:") else QUEUES.get(design)
+            queue = QUEUES.get(design)
             accepted = int(client.zcard(queue)) if queue else None
         finally:
             svc.stop()
@@ -285,7 +277,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write all runs here")
     args = parser.parse_args()
     designs = [d for d in args.designs.split(",") if d]
-    unknown = {d for d in designs if not d.startswith("patched:")} - set(ALL_DESIGNS)
+    unknown = set(designs) - set(ALL_DESIGNS)
     if unknown:
         raise SystemExit(f"unknown designs: {sorted(unknown)}")
     if args.duration > 120 or args.rounds > 5:

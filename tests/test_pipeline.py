@@ -53,6 +53,9 @@ async def test_each_event_reaches_each_matching_handler_exactly_once(
 
     assert all(count == 1 for count in seen.values()), seen
     assert len(seen) == 50 * 3 + 20 * 2 + 5
+    # Nothing failed: completion records go with the short TTL, not the replay one.
+    done_ttl = await redis_client.ttl(f"rz:done:{delivery_id(bodies[0])}")
+    assert 0 < done_ttl <= settings.done_record_ttl_seconds
 
 
 async def test_a_failing_handler_is_retried_without_rerunning_the_others(
@@ -124,6 +127,9 @@ async def test_a_handler_that_always_fails_lands_in_the_failed_record(
     assert list(record["handlers"]) == [f"{__name__}.{broken.__qualname__}@call.failed"]
     assert "ValueError: boom" in record["handlers"][f"{__name__}.{broken.__qualname__}@call.failed"]
     assert record["body"] == body.decode()
+    # What succeeded stays recorded as long as a replay may come (not the short success TTL).
+    done_ttl = await redis_client.ttl(f"rz:done:{delivery_id(body)}")
+    assert settings.done_record_ttl_seconds < done_ttl <= settings.handler_state_ttl_seconds
 
 
 async def test_a_handler_that_hangs_is_timed_out_retried_then_recorded(

@@ -144,6 +144,7 @@ class Dispatcher:
                 defer_s=round(delay, 3),
             )
             self.metrics.retries.inc()
+            await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
         await self._record_failure(delivery_id, body, outcome.failed, job_try)
@@ -176,7 +177,7 @@ class Dispatcher:
         done_key = self.keys.done(ctx.delivery_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(done_key, handler.name, int(time.time() * 1000))
-            pipe.expire(done_key, self.settings.handler_state_ttl_seconds)
+            pipe.expire(done_key, self.settings.done_record_ttl_seconds)
             await pipe.execute()
         elapsed = time.perf_counter() - started
         self.metrics.handler_runs.labels(handler.name, "ok").inc()
@@ -210,3 +211,9 @@ class Dispatcher:
             "body": body,
         }
         await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))
+        await self._keep_done(delivery_id)
+
+    async def _keep_done(self, delivery_id: str) -> None:
+        # Retries and replays may come long after the short success TTL.
+        ttl = self.settings.handler_state_ttl_seconds
+        await self.redis.expire(self.keys.done(delivery_id), ttl)

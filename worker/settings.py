@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(15.0, ge=0.3)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     handler_state_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # A delivery's per-handler completion record only guards re-runs of its job (a crash,
+    # a retry): kept this long while all goes well, HANDLER_STATE_TTL_SECONDS once the
+    # delivery is retried or fails (so a replay still skips what succeeded).
+    done_record_ttl_seconds: int = Field(3600, ge=60)
     # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
 
