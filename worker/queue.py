@@ -149,6 +149,10 @@ class EventQueue:
         # With replicas (Sentinel), WAIT in the same round trip: a 2xx then means the
         # event is on `wait_replicas` replicas too, so a failover cannot lose it.
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
+        # WAIT counts this connection's own last write. A batch of duplicates writes
+        # nothing, yet its "duplicate" answer vouches for a write another connection made:
+        # a small write first makes WAIT cover everything before it.
+        self._mark = ("INCR", f"{keys.prefix}:wait-mark")
         self._sha: str | None = None
         self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -231,7 +235,7 @@ class EventQueue:
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
         packed = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
         if self._wait is not None:
-            packed += hiredis.pack_command(self._wait)
+            packed += hiredis.pack_command(self._mark) + hiredis.pack_command(self._wait)
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
 
@@ -239,13 +243,18 @@ class EventQueue:
             await conn.send_packed_command(packed)
             if self._wait is None:
                 return await conn.read_response()
-            try:
-                results = await conn.read_response()
-            except ResponseError:
-                # Read WAIT's reply too, or the next user of this connection gets it.
-                await conn.read_response()
-                raise
-            acked = await conn.read_response()
+            # Read all three replies before raising any error in them, or the next user
+            # of this connection would read the rest as theirs.
+            replies: list[object] = []
+            for _ in range(3):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
+            results, _, acked = replies
             if acked < self._wait[1]:
                 raise NotReplicated(f"{acked} of {self._wait[1]} replicas confirmed the write")
             return results
