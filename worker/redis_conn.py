@@ -7,6 +7,7 @@ master is, and again after a failover.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -74,6 +75,8 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
         )
     else:
         rs = RedisSettings.from_dsn(settings.redis_url)
+        if rs.ssl:
+            _tls_options(rs, settings.redis_url)
     rs.conn_timeout = max(1, int(settings.redis_timeout_seconds))
     rs.conn_retries = 5
     rs.conn_retry_delay = 1
@@ -81,3 +84,14 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     rs.retry = _retry()
     rs.retry_on_error = [ConnectionError, TimeoutError]
     return rs
+
+
+def _tls_options(rs: RedisSettings, url: str) -> None:
+    # redis-py reads these from a rediss:// URL's query; arq's from_dsn drops them, so
+    # a private CA or client certificate would work for the receiver and not the worker.
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+        if name in query:
+            setattr(rs, name, query[name])
+    if "ssl_check_hostname" in query:
+        rs.ssl_check_hostname = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
