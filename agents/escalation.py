@@ -20,7 +20,7 @@ import orjson
 from agents.config import AgentSettings
 from agents.phone import InvalidNumber, is_e164
 from agents.state import CallKeys
-from handlers import Context, Event, Router, TranscriptionUpdated
+from handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 
@@ -43,7 +43,10 @@ _MOVE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local claim = cjson.decode(v)
-if claim['attempt'] ~= ARGV[1] or claim['state'] ~= ARGV[2] then return 0 end
+if claim['attempt'] ~= ARGV[1] then return 0 end
+-- Already moved by this attempt: a resend after a lost reply.
+if claim['state'] == ARGV[3] then return 1 end
+if claim['state'] ~= ARGV[2] then return 0 end
 claim['state'] = ARGV[3]
 redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
 return 1
@@ -153,9 +156,9 @@ class EscalationAgent:
             target = await self._route(event, ctx)
             note = f"Escalated by ringez-agent-worker: {reason}"
             if not await ctx.redis.eval(_MOVE, 1, keys.escalation, attempt, "claimed", "sending"):
-                # A retry of this delivery took the claim over (we were presumed dead).
-                ctx.log.warning("escalation.skipped", why="claim taken over")
-                return None
+                # A retry of this delivery took the claim over (we were presumed dead); it
+                # decides, and if it fails its own retry must still run this handler.
+                raise Superseded(f"the escalation claim on {call_id} was taken over")
             sent = True
             # One HTTP attempt while `sending`: a refused one (503/429, no connection) frees
             # the claim and the job's own retry tries again, so the window in which a kill

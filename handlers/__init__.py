@@ -1,6 +1,6 @@
 """Route an event to the handlers registered for it."""
 
-from handlers.context import Context
+from handlers.context import Context, Superseded
 from handlers.events import (
     BalanceLow,
     CallAnswered,
@@ -26,6 +26,7 @@ __all__ = [
     "Event",
     "Handler",
     "Router",
+    "Superseded",
     "TranscriptionUpdated",
     "parse_event",
 ]

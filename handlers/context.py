@@ -23,3 +23,12 @@ class Context:
     ringez: Any = None  # the Ringez API client, when the worker has one configured
     job_try: int = 1
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Superseded(Exception):
+    """Another attempt at the same delivery took this handler's work over.
+
+    Raise it from a handler that finds it was presumed dead (its lease lapsed and a
+    retry took over): the run is recorded neither as done nor as failed, so the attempt
+    that owns the work decides the outcome.
+    """

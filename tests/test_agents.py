@@ -8,6 +8,7 @@ import asyncio
 import orjson
 import pytest
 
+from agents import escalation
 from tests.agent_stack import agent_stack
 from tests.conftest import event_body, wait_for
 from worker.cli import post_webhook
@@ -152,6 +153,19 @@ async def test_a_claim_left_while_sending_goes_to_a_person(redis_url, redis_clie
         record = orjson.loads(await redis_client.hget("rz:failed", did))
         assert record["attempts"] == 1
         assert any("EscalationUncertain" in r for r in record["handlers"].values())
+
+
+async def test_moving_a_claim_is_safe_to_resend(redis_client):
+    # redis-py resends a script whose reply was lost: the second send must agree.
+    claim = {"delivery_id": "d", "attempt": "a1", "state": "claimed"}
+    await redis_client.set("rz:call:c:escalation", orjson.dumps(claim))
+    args = ("rz:call:c:escalation", "a1", "claimed", "sending")
+    assert await redis_client.eval(escalation._MOVE, 1, *args) == 1
+    assert await redis_client.eval(escalation._MOVE, 1, *args) == 1
+    other = ("rz:call:c:escalation", "a2", "claimed", "sending")
+    assert await redis_client.eval(escalation._MOVE, 1, *other) == 0
+    stored = orjson.loads(await redis_client.get("rz:call:c:escalation"))
+    assert (stored["attempt"], stored["state"]) == ("a1", "sending")
 
 
 def low_balance_event(session_id: str, minutes: float, n: int) -> bytes:

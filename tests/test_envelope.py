@@ -61,13 +61,21 @@ def test_delivery_id_is_the_sha256_of_the_raw_body():
 
 
 @pytest.mark.parametrize(
-    ("levels", "accepted"), [(envelope.MAX_DEPTH - 2, True), (envelope.MAX_DEPTH - 1, False)]
+    ("levels", "leaf", "accepted"),
+    [
+        (envelope.MAX_DEPTH - 2, b"", True),
+        (envelope.MAX_DEPTH - 1, b"", False),
+        # A scalar inside the innermost list is a level of its own.
+        (envelope.MAX_DEPTH - 3, b"1", True),
+        (envelope.MAX_DEPTH - 2, b"1", False),
+    ],
 )
-def test_nesting_limit_is_exact(levels: int, accepted: bool) -> None:
-    # `{` for the envelope and `data`, then `levels` lists: MAX_DEPTH or MAX_DEPTH + 1 deep.
+def test_nesting_limit_is_exact(levels: int, leaf: bytes, accepted: bool) -> None:
+    # `{` for the envelope and `data`, then `levels` lists (and maybe a scalar in them).
     body = (
         b'{"event":"x","timestamp":"2026-01-01T00:00:00Z","data":{"a":'
         + b"[" * levels
+        + leaf
         + b"]" * levels
         + b"}}"
     )

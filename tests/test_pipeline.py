@@ -7,7 +7,7 @@ import collections
 
 import orjson
 
-from handlers import CallCompleted, Context, Event, Router
+from handlers import CallCompleted, Context, Event, Router, Superseded
 from tests.conftest import event_body, running_worker, signed_headers, wait_for
 from worker.envelope import delivery_id
 
@@ -183,3 +183,28 @@ async def test_a_job_arq_gives_up_on_is_recorded_not_dropped(receiver, settings,
     assert record["body"] == body.decode()
     assert ran["never"] == 0
     assert await redis_client.zcard(settings.queue_name) == 0
+
+
+async def test_a_superseded_handler_is_neither_done_nor_failed(receiver, settings, redis_client):
+    # A handler that finds another attempt owns its work: no completion record (so a
+    # later try still runs it), no failure record, and the job ends.
+    router = Router()
+
+    @router.on("call.completed")
+    async def stale(event: Event, ctx: Context) -> None:
+        raise Superseded("taken over")
+
+    @router.on("call.completed")
+    async def fine(event: Event, ctx: Context) -> None:
+        return None
+
+    body = event_body("call.completed")
+    async with running_worker(settings, router):
+        resp = await receiver.post(PATH, data=body, headers=signed_headers(body))
+        assert resp.status == 202
+        await wait_for(_queue_empty(redis_client, settings.queue_name), what="the job to end")
+        done_key = f"rz:done:{delivery_id(body)}"
+        await wait_for(lambda: redis_client.exists(done_key), what="fine's completion record")
+    done = {name.decode() for name in await redis_client.hkeys(done_key)}
+    assert done == {f"{__name__}.{fine.__qualname__}@call.completed"}
+    assert not await redis_client.hexists("rz:failed", delivery_id(body))

@@ -13,13 +13,14 @@ from typing import Any
 import orjson
 from arq import Retry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from handlers.context import Context
+from handlers.context import Context, Superseded
 from handlers.events import InvalidEvent, parse_event
 from handlers.router import Handler, Router
 from worker.logs import Redactor, get_logger
 from worker.metrics import WorkerMetrics
-from worker.queue import Keys
+from worker.queue import REPLAY_PENDING, Keys
 from worker.settings import Settings
 
 log = get_logger("ringez.dispatch")
@@ -102,9 +103,10 @@ class Dispatcher:
             return outcome
 
         handlers = self.router.handlers_for(event_name)
-        if only is not None:
+        if only is not None and REPLAY_PENDING not in only:
             handlers = [h for h in handlers if h.name in only]
-        # A first try cannot have completions yet; later tries (a retry, a crash) may.
+        # A first try cannot have completions yet; later tries (a retry, a crash) and
+        # replays may.
         done = set() if job_try == 1 and only is None else await self._done(delivery_id)
         pending = [h for h in handlers if h.name not in done]
         outcome.skipped = [h.name for h in handlers if h.name in done]
@@ -160,6 +162,12 @@ class Dispatcher:
             # job timeout would end the job with no retry and no record.
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 await handler.func(event, dataclasses.replace(ctx, log=log_))
+        except Superseded as exc:
+            # Another attempt at this delivery owns the work: no completion record, so
+            # that a retry of it still runs this handler if that attempt fails.
+            self.metrics.handler_runs.labels(handler.name, "superseded").inc()
+            log_.info("handler.superseded", reason=str(exc))
+            return None
         except Exception as exc:  # one handler failing must not stop the others
             elapsed = time.perf_counter() - started
             self.metrics.handler_runs.labels(handler.name, "failed").inc()
@@ -214,6 +222,12 @@ class Dispatcher:
         await self._keep_done(delivery_id)
 
     async def _keep_done(self, delivery_id: str) -> None:
-        # Retries and replays may come long after the short success TTL.
+        # Retries and replays may come long after the short success TTL. Best effort: a
+        # Redis error here must not turn a retry into a dropped job.
         ttl = self.settings.handler_state_ttl_seconds
-        await self.redis.expire(self.keys.done(delivery_id), ttl)
+        try:
+            await self.redis.expire(self.keys.done(delivery_id), ttl)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "dispatch.keep_done_failed", delivery_id=delivery_id, error=type(exc).__name__
+            )

@@ -65,9 +65,9 @@ def parse(body: bytes, *, now: datetime, window_seconds: int, skew_seconds: int)
         raise EnvelopeError(400, "invalid_json", "body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise EnvelopeError(400, "not_an_object", "body must be a JSON object")
-    # Each level of nesting needs its own bracket, so a body with few brackets (any real
-    # webhook) cannot be too deep and skips the walk.
-    few = body.count(b"{") + body.count(b"[") <= MAX_DEPTH
+    # Each container level needs its own bracket (a scalar leaf adds one more level), so
+    # a body with few brackets (any real webhook) cannot be too deep and skips the walk.
+    few = body.count(b"{") + body.count(b"[") < MAX_DEPTH
     if not few and _depth(payload, MAX_DEPTH) > MAX_DEPTH:
         raise EnvelopeError(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels")
 
