@@ -92,3 +92,40 @@ async def test_non_retryable_errors_skip_the_retries(receiver, redis_url, redis_
     env = {"REDIS_URL": redis_url}
     assert run_cli("failed", "purge", "--all", env=env).stdout.strip() == "purged 1"
     assert await redis_client.hlen("rz:failed") == 0
+
+
+async def test_replaying_a_delivery_the_worker_gave_up_on_skips_what_succeeded(
+    receiver, redis_url, redis_client
+):
+    # A `<worker>` record (arq gave up: crash loop, timeouts) names no handler: the
+    # replay runs every handler that has not succeeded, not all of them.
+    settings = make_settings(redis_url)
+    runs: collections.Counter[str] = collections.Counter()
+    router = Router()
+
+    @router.on("call.completed")
+    async def once(event: Event, ctx: Context) -> None:
+        runs["once"] += 1
+
+    @router.on("call.completed")
+    async def pending(event: Event, ctx: Context) -> None:
+        runs["pending"] += 1
+
+    body = event_body()
+    did = delivery_id(body)
+    once_name = f"{__name__}.{once.__qualname__}@call.completed"
+    # What a crash loop leaves: one handler recorded done, the delivery given up on.
+    await redis_client.hset(f"rz:done:{did}", once_name, 1)
+    record = {"delivery_id": did, "event": "call.completed", "body": body.decode()}
+    record["handlers"] = {"<worker>": "worker gave up: crashed or timed out on every try"}
+    await redis_client.hset("rz:failed", did, orjson.dumps({**record, "attempts": 3}))
+
+    async with running_worker(settings, router):
+        replayed = run_cli("failed", "replay", did, env={"REDIS_URL": redis_url})
+        assert replayed.returncode == 0, replayed.stderr
+
+        async def cleared() -> bool:
+            return not await redis_client.hexists("rz:failed", did)
+
+        await wait_for(cleared, what="the replay to clear the record")
+    assert runs == {"pending": 1}

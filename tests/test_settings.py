@@ -53,3 +53,20 @@ def test_secret_values_cover_key_secret_and_redis_password():
     for secret in ("whsec_one", "whsec_two", "sk_test_abcdef", "p4ssw0rd"):
         assert secret in values
     assert "sk_test_abcdef" not in repr(settings)
+
+
+def test_a_wait_longer_than_the_socket_timeout_is_refused() -> None:
+    with pytest.raises(SettingsError, match="REDIS_WAIT_TIMEOUT_MS"):
+        load_settings(_env_file=None, redis_wait_replicas=1, redis_wait_timeout_ms=2000)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:p%40ss@127.0.0.1:6379/0", "unix:///tmp/redis.sock?password=p%40ss"]
+)
+def test_both_clients_log_in_with_the_same_password(url: str) -> None:
+    # arq's from_dsn alone would send `p%40ss`, or nothing for `?password=`.
+    from worker.redis_conn import arq_redis_settings
+
+    settings = load_settings(_env_file=None, redis_url=url)
+    assert arq_redis_settings(settings).password == "p@ss"
+    assert "p@ss" in settings.secret_values()

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from worker.queue import Keys, enqueue_replay
+from worker.queue import REPLAY_PENDING, Keys, enqueue_replay
 
 
 async def list_failed(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ async def replay(redis: Redis, keys: Keys, delivery_id: str, ttl_ms: int) -> str
         return None
     handlers = [name for name in record["handlers"] if not name.startswith("<")]
     return await enqueue_replay(
-        redis, keys, record["delivery_id"], record["body"], handlers or None, ttl_ms
+        redis, keys, record["delivery_id"], record["body"], handlers or [REPLAY_PENDING], ttl_ms
     )
 
 

@@ -111,6 +111,11 @@ def job_bytes(
     return orjson.dumps({"t": 1, "f": JOB_FUNCTION, "a": args, "k": {}, "et": received_ms})
 
 
+# `only` for a replay of every handler that has not succeeded yet (a delivery the worker
+# gave up on as a whole, or one whose body did not parse).
+REPLAY_PENDING = "<pending>"
+
+
 async def enqueue_replay(
     redis: Redis, keys: Keys, delivery_id: str, body: str, only: list[str] | None, ttl_ms: int
 ) -> str:

@@ -16,7 +16,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from worker.redis_url import is_sentinel_url, parse_sentinel_url
+from worker.redis_url import is_sentinel_url, parse_sentinel_url, url_password
 from worker.settings import Settings
 
 
@@ -75,6 +75,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
         )
     else:
         rs = RedisSettings.from_dsn(settings.redis_url)
+        # from_dsn neither unquotes the password (`p%40ss`) nor reads `?password=`;
+        # redis-py does both, and the two clients must log in alike.
+        rs.password = url_password(settings.redis_url)
         if rs.ssl:
             _tls_options(rs, settings.redis_url)
     rs.conn_timeout = max(1, int(settings.redis_timeout_seconds))

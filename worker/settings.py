@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _wait_fits_the_socket_timeout(self) -> Settings:
+        # A WAIT outlasting the socket timeout would read as a dead connection and be
+        # sent again, instead of answering 503 once.
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= (
+            self.redis_timeout_seconds * 1000
+        ):
+            raise ValueError("REDIS_WAIT_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS")
+        return self
 
     @field_validator("redis_url")
     @classmethod
