@@ -24,14 +24,15 @@ from handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 
-# KEYS: claim, ended marker. ARGV: our claim, ttl, our delivery id.
+# KEYS: claim, ended marker. ARGV: our claim, ttl, our owner (delivery id and source).
 # Claim a call that has not ended and that nobody else holds; take over the claim of an
-# earlier attempt at the same delivery that died before sending anything.
+# earlier attempt by the same owner (the same handler on the same delivery) that died
+# before sending anything.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'ended' end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 'claimed' end
 local held = cjson.decode(redis.call('GET', KEYS[1]))
-if held['delivery_id'] ~= ARGV[3] then return 'held' end
+if held['owner'] ~= ARGV[3] then return 'held' end
 if held['state'] == 'claimed' then
   redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
   return 'taken_over'
@@ -90,7 +91,7 @@ class EscalationAgent:
         keys = CallKeys(ctx.settings.key_prefix, data.call_id)
         # Cheap check first: no sentiment calls once the call is escalated or over.
         ended, held = await ctx.redis.mget(keys.ended, keys.escalation)
-        if ended or (held and orjson.loads(held).get("delivery_id") != ctx.delivery_id):
+        if ended or (held and orjson.loads(held).get("owner") != _owner(ctx, "sentiment")):
             return
         analysis = await ctx.ringez.agents.analyze_sentiment(
             call_id=data.call_id, transcript_segment=data.text, include_recommendations=True
@@ -107,18 +108,30 @@ class EscalationAgent:
             recommended=bool(analysis.escalation_recommended),
         )
         if score < self.config.escalation_sentiment_threshold:
-            await self.escalate(event, ctx, reason=f"sentiment {score:.2f}")
+            await self.escalate(event, ctx, reason=f"sentiment {score:.2f}", source="sentiment")
         elif analysis.escalation_recommended:
-            await self.escalate(event, ctx, reason="escalation recommended by sentiment analysis")
+            await self.escalate(
+                event,
+                ctx,
+                reason="escalation recommended by sentiment analysis",
+                source="sentiment",
+            )
 
-    async def escalate(self, event: Event, ctx: Context, *, reason: str) -> str | None:
-        """Transfer the call to a human once; returns the number, or None if not transferred."""
+    async def escalate(
+        self, event: Event, ctx: Context, *, reason: str, source: str = "escalate"
+    ) -> str | None:
+        """Transfer the call to a human once; returns the number, or None if not transferred.
+
+        `source` names the caller (one per handler): only a retry of the same handler on
+        the same delivery may take over a claim its earlier attempt left behind.
+        """
         call_id = event.call_id or ""
         keys = CallKeys(ctx.settings.key_prefix, call_id)
         attempt = os.urandom(8).hex()
         claim = orjson.dumps(
             {
                 "delivery_id": ctx.delivery_id,
+                "owner": _owner(ctx, source),
                 "attempt": attempt,
                 "state": "claimed",
                 "reason": reason,
@@ -131,7 +144,7 @@ class EscalationAgent:
             keys.ended,
             claim,
             self.config.escalation_claim_ttl_seconds,
-            ctx.delivery_id,
+            _owner(ctx, source),
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "sending":
@@ -209,6 +222,12 @@ class EscalationAgent:
     ) -> None:
         record = {**orjson.loads(claim), "state": state, **fields}
         await ctx.redis.set(keys.escalation, orjson.dumps(record), keepttl=True)
+
+
+def _owner(ctx: Context, source: str) -> str:
+    # Two handlers of one delivery may both escalate (sentiment, and support's intent):
+    # each owns its own claim, so one never takes the other's claim over.
+    return f"{ctx.delivery_id}:{source}"
 
 
 def _option_number(option: Any) -> str | None:

@@ -87,7 +87,9 @@ class SupportAgent:
             if self.escalation is None:
                 ctx.log.warning("support.escalation_disabled", intent=name)
                 return
-            await self.escalation.escalate(event, ctx, reason=f"caller intent {name}")
+            await self.escalation.escalate(
+                event, ctx, reason=f"caller intent {name}", source="support.intent"
+            )
             return
         for handler in self.intents.intent_handlers(name):
             await handler(event, intent, ctx)

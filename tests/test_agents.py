@@ -122,7 +122,8 @@ async def _angry_segment_after_a_dead_attempt(stack, redis_client, state: str):
         call_id=call.call_id,
         session_id=session.session_id,
     )
-    claim = {"delivery_id": delivery_id(body), "attempt": "killed", "state": state}
+    owner = f"{delivery_id(body)}:sentiment"  # the sentiment handler's earlier attempt
+    claim = {"delivery_id": delivery_id(body), "owner": owner, "attempt": "killed", "state": state}
     await redis_client.set(f"rz:call:{call.call_id}:escalation", orjson.dumps(claim), ex=600)
     status, _ = await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
     assert status == 202
