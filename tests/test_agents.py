@@ -9,10 +9,14 @@ import orjson
 import pytest
 
 from agents import escalation
+from agents.api import RingezClient
+from agents.config import AgentSettings
+from handlers import Context, parse_event
 from tests.agent_stack import agent_stack
 from tests.conftest import event_body, wait_for
 from worker.cli import post_webhook
 from worker.envelope import delivery_id
+from worker.logs import get_logger
 from worker.sandbox import start_scenario
 
 pytestmark = pytest.mark.timeout(60)
@@ -167,6 +171,45 @@ async def test_moving_a_claim_is_safe_to_resend(redis_client):
     assert await redis_client.eval(escalation._MOVE, 1, *other) == 0
     stored = orjson.loads(await redis_client.get("rz:call:c:escalation"))
     assert (stored["attempt"], stored["state"]) == ("a1", "sending")
+
+
+async def test_two_handlers_of_one_delivery_escalating_at_once_transfer_once(
+    redis_url, redis_client
+):
+    # Sentiment and support's intent can both escalate the same segment at the same
+    # time: one transfers, the other sees the claim held; neither takes the other's over.
+    async with agent_stack(redis_url) as stack:
+        sandbox = stack.sandbox.sandbox
+        session = sandbox.state.create_session()
+        call, _ = sandbox.state.initiate_call(session.session_id, "+15005550006")
+        sandbox.state.answer(call)
+        body = event_body(
+            "transcription.updated",
+            text="get me a manager",
+            speaker="caller",
+            is_final=True,
+            call_id=call.call_id,
+            session_id=session.session_id,
+        )
+        event = parse_event(orjson.loads(body), delivery_id(body))
+        ringez = RingezClient.from_settings(stack.settings, redis=redis_client)
+        ctx = Context(
+            delivery_id=delivery_id(body),
+            redis=redis_client,
+            settings=stack.settings,
+            log=get_logger("test"),
+            ringez=ringez,
+        )
+        agent = escalation.EscalationAgent(AgentSettings(_env_file=None))
+        try:
+            results = await asyncio.gather(
+                agent.escalate(event, ctx, reason="sentiment", source="sentiment"),
+                agent.escalate(event, ctx, reason="intent", source="support.intent"),
+            )
+        finally:
+            await ringez.aclose()
+        assert sorted(r is None for r in results) == [False, True]
+        assert len(stack.transfers(call.call_id)) == 1
 
 
 def low_balance_event(session_id: str, minutes: float, n: int) -> bytes:
