@@ -45,14 +45,13 @@ from bench.common import (  # noqa: E402
     Service,
     cpu_seconds,
     ensure_apt,
-    free_port,
     machine,
     machine_busy_seconds,
     signed_request,
     wait_for_port,
     wait_quiet,
 )
-from worker.redis_server import RedisServer  # noqa: E402
+from worker.redis_server import RedisServer, free_port  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}

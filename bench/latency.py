@@ -45,7 +45,6 @@ from bench.common import (  # noqa: E402
     cpu_seconds,
     delivery_id,
     ensure_apt,
-    free_port,
     machine,
     machine_busy_seconds,
     percentile,
@@ -55,7 +54,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.latency_handlers import START_KEY  # noqa: E402
 from worker.queue import Keys  # noqa: E402
-from worker.redis_server import RedisServer  # noqa: E402
+from worker.redis_server import RedisServer, free_port  # noqa: E402
 
 ALL_MODES = ("wake", "poll", "poll-0.5")
 Request = tuple[bytes, str, str]  # body, signature, delivery id

@@ -59,14 +59,13 @@ from bench.common import (  # noqa: E402
     Service,
     cpu_seconds,
     ensure_apt,
-    free_port,
     machine,
     machine_busy_seconds,
     signed_request,
     wait_for_port,
 )
 from worker.queue import _ENQUEUE, BUCKET_MS, Keys, job_bytes  # noqa: E402
-from worker.redis_server import RedisServer  # noqa: E402
+from worker.redis_server import RedisServer, free_port  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 # Production's AOF settings (RedisServer: appendonly yes, appendfsync everysec), with no

@@ -112,28 +112,34 @@ async def test_a_completed_call_is_never_transferred(redis_url, redis_client):
         assert stack.transfers(call.call_id) == []
 
 
-async def _angry_segment_after_a_dead_attempt(stack, redis_client, state: str):
-    """An angry segment whose delivery an earlier, killed attempt left in `state`."""
+def _segment_on_a_live_call(stack, text: str) -> tuple[str, bytes]:
+    """A call answered in the sandbox, and a final caller segment on it: (call id, body)."""
     sandbox = stack.sandbox.sandbox
     session = sandbox.state.create_session()
     call, _ = sandbox.state.initiate_call(session.session_id, "+15005550006")
     sandbox.state.answer(call)
     body = event_body(
         "transcription.updated",
-        text="This is ridiculous, get me a manager now!",
+        text=text,
         speaker="caller",
         is_final=True,
         call_id=call.call_id,
         session_id=session.session_id,
     )
+    return call.call_id, body
+
+
+async def _angry_segment_after_a_dead_attempt(stack, redis_client, state: str):
+    """An angry segment whose delivery an earlier, killed attempt left in `state`."""
+    call_id, body = _segment_on_a_live_call(stack, "This is ridiculous, get me a manager now!")
     owner = f"{delivery_id(body)}:sentiment"  # the sentiment handler's earlier attempt
     claim = {"delivery_id": delivery_id(body), "owner": owner, "attempt": "killed", "state": state}
-    await redis_client.set(f"rz:call:{call.call_id}:escalation", orjson.dumps(claim), ex=600)
+    await redis_client.set(f"rz:call:{call_id}:escalation", orjson.dumps(claim), ex=600)
     status, _ = await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
     assert status == 202
     await wait_for(drained(redis_client, stack.settings), what="the segment handled")
-    record = await redis_client.get(f"rz:call:{call.call_id}:escalation")
-    return call.call_id, delivery_id(body), orjson.loads(record)
+    record = await redis_client.get(f"rz:call:{call_id}:escalation")
+    return call_id, delivery_id(body), orjson.loads(record)
 
 
 async def test_a_claim_left_before_sending_is_taken_over(redis_url, redis_client):
@@ -179,18 +185,7 @@ async def test_two_handlers_of_one_delivery_escalating_at_once_transfer_once(
     # Sentiment and support's intent can both escalate the same segment at the same
     # time: one transfers, the other sees the claim held; neither takes the other's over.
     async with agent_stack(redis_url) as stack:
-        sandbox = stack.sandbox.sandbox
-        session = sandbox.state.create_session()
-        call, _ = sandbox.state.initiate_call(session.session_id, "+15005550006")
-        sandbox.state.answer(call)
-        body = event_body(
-            "transcription.updated",
-            text="get me a manager",
-            speaker="caller",
-            is_final=True,
-            call_id=call.call_id,
-            session_id=session.session_id,
-        )
+        call_id, body = _segment_on_a_live_call(stack, "get me a manager")
         event = parse_event(orjson.loads(body), delivery_id(body))
         ringez = RingezClient.from_settings(stack.settings, redis=redis_client)
         ctx = Context(
@@ -209,7 +204,7 @@ async def test_two_handlers_of_one_delivery_escalating_at_once_transfer_once(
         finally:
             await ringez.aclose()
         assert sorted(r is None for r in results) == [False, True]
-        assert len(stack.transfers(call.call_id)) == 1
+        assert len(stack.transfers(call_id)) == 1
 
 
 def low_balance_event(session_id: str, minutes: float, n: int) -> bytes:

@@ -27,10 +27,11 @@ from redis.exceptions import RedisError
 from agents import AgentSettings
 from bench.chaos import handlers as chaos_handlers
 from bench.chaos.load import Load, Pacer, Script, SendDeadline, Sender, plan
-from bench.chaos.procs import ROOT, Child, RedisProc, free_port
+from bench.chaos.procs import ROOT, Child, RedisProc
 from bench.chaos.report import ChaosResult, EffectRun, explain_rerun
 from worker.app import build_router
 from worker.queue import Keys
+from worker.redis_server import free_port
 from worker.sandbox import REQUEST_LOG, FaultConfig, RunningSandbox, SandboxConfig, start_sandbox
 from worker.settings import load_settings
 

@@ -180,8 +180,8 @@ class Sandbox:
         """Play a REST-initiated call out by its number's sandbox behaviour."""
         return self.spawn(self._simulate(call))
 
-    async def _simulate(self, call: Call) -> None:
-        pace = self.config.pacing_seconds
+    async def emit_initiated(self, call: Call) -> None:
+        """The first event of every call."""
         await self.emit_call_event(
             call,
             "call.initiated",
@@ -189,6 +189,10 @@ class Sandbox:
             to_number=call.to_number,
             from_number=call.from_number,
         )
+
+    async def _simulate(self, call: Call) -> None:
+        pace = self.config.pacing_seconds
+        await self.emit_initiated(call)
         if await self.ended_within(call, pace):
             return await self.finish(call)
         if call.to_number == BUSY:

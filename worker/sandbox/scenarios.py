@@ -73,13 +73,7 @@ class ScenarioRun:
 async def _connect(sb: Sandbox, call: Call) -> bool:
     """initiated, ringing, answered; False if the call was hung up before it connected."""
     pace = sb.config.pacing_seconds
-    await sb.emit_call_event(
-        call,
-        "call.initiated",
-        status="initiated",
-        to_number=call.to_number,
-        from_number=call.from_number,
-    )
+    await sb.emit_initiated(call)
     if await sb.ended_within(call, pace):
         return False
     sb.state.ring(call)
@@ -125,26 +119,14 @@ async def _angry(sb: Sandbox, call: Call) -> None:
 
 
 async def _busy(sb: Sandbox, call: Call) -> None:
-    await sb.emit_call_event(
-        call,
-        "call.initiated",
-        status="initiated",
-        to_number=call.to_number,
-        from_number=call.from_number,
-    )
+    await sb.emit_initiated(call)
     if not await sb.ended_within(call, sb.config.pacing_seconds):
         sb.state.fail(call, "busy", "busy")
     await sb.finish(call)
 
 
 async def _no_answer(sb: Sandbox, call: Call) -> None:
-    await sb.emit_call_event(
-        call,
-        "call.initiated",
-        status="initiated",
-        to_number=call.to_number,
-        from_number=call.from_number,
-    )
+    await sb.emit_initiated(call)
     if not await sb.ended_within(call, sb.config.pacing_seconds):
         sb.state.ring(call)
         await sb.emit_call_event(call, "call.ringing", status="ringing", to_number=call.to_number)
