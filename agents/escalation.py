@@ -6,8 +6,9 @@ also checks the call has not ended. The claim moves `claimed` -> `sending` (just
 the transfer request) -> `transferred`/`skipped`/`uncertain`, each move made only by the
 attempt that holds it, so redeliveries, retries and concurrent workers can never
 transfer a call twice. An attempt that died while `claimed` sent nothing, so the retry
-of the same delivery takes its claim over; one that died while `sending` may have
-transferred, so its retry records the delivery as failed for a person to check.
+of the same handler on the same delivery takes its claim over; one that died while
+`sending` may have transferred, so its retry records the delivery as failed for a
+person to check.
 """
 
 from __future__ import annotations
@@ -128,10 +129,11 @@ class EscalationAgent:
         call_id = event.call_id or ""
         keys = CallKeys(ctx.settings.key_prefix, call_id)
         attempt = os.urandom(8).hex()
+        owner = _owner(ctx, source)
         claim = orjson.dumps(
             {
                 "delivery_id": ctx.delivery_id,
-                "owner": _owner(ctx, source),
+                "owner": owner,
                 "attempt": attempt,
                 "state": "claimed",
                 "reason": reason,
@@ -144,11 +146,11 @@ class EscalationAgent:
             keys.ended,
             claim,
             self.config.escalation_claim_ttl_seconds,
-            _owner(ctx, source),
+            owner,
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "sending":
-            # An earlier attempt at this delivery died between sending and recording.
+            # An earlier attempt of this handler died between sending and recording.
             ctx.log.error("escalation.uncertain", why="an earlier attempt died while sending")
             raise EscalationUncertain(f"transfer of {call_id} may have happened (attempt died)")
         if outcome == "taken_over":
@@ -169,7 +171,7 @@ class EscalationAgent:
             target = await self._route(event, ctx)
             note = f"Escalated by ringez-agent-worker: {reason}"
             if not await ctx.redis.eval(_MOVE, 1, keys.escalation, attempt, "claimed", "sending"):
-                # A retry of this delivery took the claim over (we were presumed dead); it
+                # A retry of this handler took the claim over (we were presumed dead); it
                 # decides, and if it fails its own retry must still run this handler.
                 raise Superseded(f"the escalation claim on {call_id} was taken over")
             sent = True

@@ -32,14 +32,17 @@ class Redactor:
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self._scrub_str(value)
         if isinstance(value, dict):
             return {k: self._scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self._scrub(v) for v in value)
+        return value
+
+    def _scrub_str(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
         return value
 
     def __call__(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -49,10 +52,7 @@ class Redactor:
             if _is_sensitive(key):
                 event_dict[key] = REDACTED
             elif type(value) is str:
-                for secret in self._secrets:
-                    if secret in value:
-                        value = value.replace(secret, REDACTED)
-                        event_dict[key] = value
+                event_dict[key] = self._scrub_str(value)
             elif not isinstance(value, int | float | None):
                 event_dict[key] = self._scrub(value)
         return event_dict

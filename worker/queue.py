@@ -153,11 +153,13 @@ class EventQueue:
         self._max_inflight = max_inflight
         # With replicas (Sentinel), WAIT in the same round trip: a 2xx then means the
         # event is on `wait_replicas` replicas too, so a failover cannot lose it.
-        self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         # WAIT counts this connection's own last write. A batch of duplicates writes
         # nothing, yet its "duplicate" answer vouches for a write another connection made:
         # a small write first makes WAIT cover everything before it.
-        self._mark = ("INCR", f"{keys.prefix}:wait-mark")
+        self._wait_replicas = wait_replicas
+        self._wait_tail = hiredis.pack_command(
+            ("INCR", f"{keys.prefix}:wait-mark")
+        ) + hiredis.pack_command(("WAIT", wait_replicas, wait_timeout_ms))
         self._sha: str | None = None
         self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -239,14 +241,14 @@ class EventQueue:
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
         packed = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
-        if self._wait is not None:
-            packed += hiredis.pack_command(self._mark) + hiredis.pack_command(self._wait)
+        if self._wait_replicas:
+            packed += self._wait_tail
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
 
         async def send() -> list[object]:
             await conn.send_packed_command(packed)
-            if self._wait is None:
+            if not self._wait_replicas:
                 return await conn.read_response()
             # Read all three replies before raising any error in them, or the next user
             # of this connection would read the rest as theirs.
@@ -260,8 +262,10 @@ class EventQueue:
                 if isinstance(reply, ResponseError):
                     raise reply
             results, _, acked = replies
-            if acked < self._wait[1]:
-                raise NotReplicated(f"{acked} of {self._wait[1]} replicas confirmed the write")
+            if acked < self._wait_replicas:
+                raise NotReplicated(
+                    f"{acked} of {self._wait_replicas} replicas confirmed the write"
+                )
             return results
 
         async def on_error(error: Exception) -> None:

@@ -37,12 +37,10 @@ def redis_from_settings(settings: Settings) -> Redis:
     }
     if is_sentinel_url(settings.redis_url):
         target = parse_sentinel_url(settings.redis_url)
+        # The Sentinels themselves get the socket_* timeouts (redis-py's default), not
+        # the master's password.
         sentinel = Sentinel(
             target.hosts,
-            sentinel_kwargs={
-                "socket_timeout": settings.redis_timeout_seconds,
-                "socket_connect_timeout": settings.redis_timeout_seconds,
-            },
             db=target.db,
             username=target.username,
             password=target.password,
