@@ -5,11 +5,17 @@ They are wired through the same Router users register their handlers on.
 
 from __future__ import annotations
 
-from agents.config import AgentSettings
-from agents.escalation import EscalationAgent
-from agents.recharge import RechargeAgent
-from agents.support import SupportAgent
-from handlers.router import Router
+if __name__ != "ringez_worker.agents":  # the folder maps into the namespace (pyproject.toml)
+    raise ImportError(
+        f"import ringez_worker.agents, not {__name__}: this folder is installed as "
+        "ringez_worker.agents, and a second name would load a second copy of its modules"
+    )
+
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.escalation import EscalationAgent
+from ringez_worker.agents.recharge import RechargeAgent
+from ringez_worker.agents.support import SupportAgent
+from ringez_worker.handlers.router import Router
 
 __all__ = ["AgentSettings", "EscalationAgent", "RechargeAgent", "SupportAgent", "build_agents"]
 

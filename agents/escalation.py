@@ -17,11 +17,10 @@ import os
 from typing import Any
 
 import orjson
-
-from agents.config import AgentSettings
-from agents.phone import InvalidNumber, is_e164
-from agents.state import CallKeys
-from handlers import Context, Event, Router, Superseded, TranscriptionUpdated
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.phone import InvalidNumber, is_e164
+from ringez_worker.agents.state import CallKeys
+from ringez_worker.handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 

@@ -16,8 +16,8 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-from agents.config import AgentSettings
-from handlers import BalanceLow, Context, Router
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.handlers import BalanceLow, Context, Router
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

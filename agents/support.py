@@ -7,12 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-
-from agents.config import AgentSettings
-from agents.escalation import EscalationAgent
-from agents.state import CallKeys
-from handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
-from handlers.router import IntentFunc
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.escalation import EscalationAgent
+from ringez_worker.agents.state import CallKeys
+from ringez_worker.handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
+from ringez_worker.handlers.router import IntentFunc
 
 
 class SupportAgent:
@@ -105,7 +104,7 @@ class SupportAgent:
 
         lines = 0
         if event.event == "call.completed":
-            from agents.api.errors import NotFound
+            from ringez_worker.api.errors import NotFound
 
             try:
                 transcript = await ctx.ringez.transcripts.get(call_id)

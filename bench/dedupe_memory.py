@@ -15,7 +15,7 @@ After each chunk, --redeliver of the deliveries so far (default 5 %) are sent ag
 the byte-identical body and must all be taken for duplicates (they add no record).
 
 Variants:
-  shipped      worker.queue.EventQueue.enqueue(delivery_id, body, received_ms, event_ms),
+  shipped      EventQueue.enqueue(delivery_id, body, received_ms, event_ms) of worker/queue.py,
                the receiver's own path (group commit, batched Lua): HSETNX of 16 raw
                bytes into the hash rz:d:<event_ms // 600000>:<2 hex>, PEXPIREAT bucket
                end + window. Also reports the bucket keys (count, entries each, encoding)
@@ -54,18 +54,20 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ringez_worker.sandbox.redis_server import RedisServer  # noqa: E402
+from ringez_worker.worker.cli import build_event  # noqa: E402
+from ringez_worker.worker.queue import EventQueue, job_bytes  # noqa: E402
+
 from bench.common import ensure_apt, machine  # noqa: E402
-from worker.cli import build_event  # noqa: E402
-from worker.queue import BUCKET_MS, EventQueue, Keys, job_bytes  # noqa: E402
-from worker.redis_server import RedisServer  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from ringez_worker.keys import BUCKET_MS, Keys  # noqa: E402
+from ringez_worker.settings import Settings  # noqa: E402
 
 ALL_VARIANTS = ("shipped", "per-key", "done-record")
 DEFAULT_VARIANTS = ("shipped", "per-key")
 DAY_MS = 86_400_000
 CHUNK = 1000
 SETTINGS = Settings()
-# As worker.receiver builds the queue.
+# As ringez_worker.worker.receiver builds the queue.
 WINDOW_MS = (SETTINGS.dedupe_window_seconds + SETTINGS.clock_skew_seconds) * 1000
 JOB_TTL_MS = max(WINDOW_MS, SETTINGS.handler_state_ttl_seconds * 1000)
 

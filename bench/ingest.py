@@ -9,7 +9,7 @@ them, and those duplicates are counted (accepted jobs are counted in Redis after
 Designs:
   bare             bench/baseline_receiver.py --design bare: read body, answer 200
   straightforward  bench/baseline_receiver.py --design straightforward: HMAC, arq enqueue_job
-  ringez           python -m worker.cli serve (LOG_LEVEL=INFO: one log line per event)
+  ringez           python -m ringez_worker.worker.cli serve (LOG_LEVEL=INFO: one log line per event)
   ringez-warn      the same with LOG_LEVEL=WARNING (shows what the per-event log line costs)
 
 Reports req/s, wrk's latency percentiles, duplicates, receiver peak RSS (VmHWM) and the
@@ -39,6 +39,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
+
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -51,7 +53,6 @@ from bench.common import (  # noqa: E402
     wait_for_port,
     wait_quiet,
 )
-from worker.redis_server import RedisServer, free_port  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}
@@ -72,7 +73,9 @@ def receiver(design: str, port: int, redis_url: str, log_dir: Path) -> Service:
         argv = ["bench/baseline_receiver.py", "--design", design, "--port", str(port)]
         return Service(design, [*argv, "--redis-url", redis_url], env, log_dir)
     env["LOG_LEVEL"] = "WARNING" if design == "ringez-warn" else "INFO"
-    return Service(design, ["-m", "worker.cli", "serve", "--port", str(port)], env, log_dir)
+    return Service(
+        design, ["-m", "ringez_worker.worker.cli", "serve", "--port", str(port)], env, log_dir
+    )
 
 
 def run_wrk(

@@ -1,6 +1,6 @@
 """Latency to action: from the receiver's 2xx (as the load client sees it) to the handler starting.
 
-For each worker mode: a fresh redis-server, `python -m worker.cli serve` and one worker
+For each worker mode: a fresh redis-server, `ringez-worker serve` and one worker
 whose only handler (bench/latency_handlers.py) stores time.time() at its start in a Redis
 hash keyed by delivery id. An asyncio aiohttp client (uvloop) sends signed unique bodies
 on an open-loop schedule (request i is due at start + i/rate whether or not earlier ones
@@ -9,8 +9,8 @@ have been answered) and records the wall-clock time of every 2xx. After a short 
 when the handler started before the client had read the answer).
 
 Worker modes:
-  wake      python -m worker.cli worker (RingezWorker: claim batch, pub/sub wake)
-  poll      python -m arq worker.app.WorkerSettings (plain arq polling, poll_delay 0.05 s)
+  wake      ringez-worker worker (RingezWorker: claim batch, pub/sub wake)
+  poll      arq ringez_worker.worker.app.WorkerSettings (plain arq polling, poll_delay 0.05)
   poll-0.5  the same with WORKER_POLL_DELAY_SECONDS=0.5 (arq's own default poll delay)
 
 Loopback only, bounded (--duration <= 120 s), stops by itself.
@@ -38,6 +38,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
+
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -53,8 +55,7 @@ from bench.common import (  # noqa: E402
     wait_quiet,
 )
 from bench.latency_handlers import START_KEY  # noqa: E402
-from worker.queue import Keys  # noqa: E402
-from worker.redis_server import RedisServer, free_port  # noqa: E402
+from ringez_worker.keys import Keys  # noqa: E402
 
 ALL_MODES = ("wake", "poll", "poll-0.5")
 Request = tuple[bytes, str, str]  # body, signature, delivery id
@@ -133,10 +134,12 @@ def worker_service(mode: str, redis_url: str, log_dir: Path) -> Service:
         "WORKER_METRICS_PORT": "0",
     }
     if mode == "wake":
-        return Service(f"worker-{mode}", ["-m", "worker.cli", "worker"], env, log_dir)
+        return Service(f"worker-{mode}", ["-m", "ringez_worker.worker.cli", "worker"], env, log_dir)
     if mode == "poll-0.5":
         env["WORKER_POLL_DELAY_SECONDS"] = "0.5"
-    return Service(f"worker-{mode}", ["-m", "arq", "worker.app.WorkerSettings"], env, log_dir)
+    return Service(
+        f"worker-{mode}", ["-m", "arq", "ringez_worker.worker.app.WorkerSettings"], env, log_dir
+    )
 
 
 def wait_handled(client: redis.Redis, count: int, deadline_s: float = 60.0) -> int:
@@ -157,7 +160,10 @@ def run_mode(mode: str, args: argparse.Namespace, log_dir: Path) -> dict[str, An
         port = free_port()
         env = {"REDIS_URL": server.url, "RINGEZ_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "INFO"}
         receiver = Service(
-            f"receiver-{mode}", ["-m", "worker.cli", "serve", "--port", str(port)], env, log_dir
+            f"receiver-{mode}",
+            ["-m", "ringez_worker.worker.cli", "serve", "--port", str(port)],
+            env,
+            log_dir,
         )
         worker = worker_service(mode, server.url, log_dir)
         try:

@@ -6,7 +6,7 @@ the hash `bench:handler_start`, keyed by delivery id.
 
 import time
 
-from handlers import Context, Event, Router
+from ringez_worker.handlers import Context, Event, Router
 
 START_KEY = "bench:handler_start"
 

@@ -1,6 +1,6 @@
 """A no-op handler on every event, for the drain benchmark."""
 
-from handlers import Context, Event, Router
+from ringez_worker.handlers import Context, Event, Router
 
 router = Router()
 

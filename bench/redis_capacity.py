@@ -18,7 +18,7 @@ make the bytes written per event look smaller than they are:
            succeeded). Accepted events are counted as the fields of the dedupe buckets
            (HLEN), not as keys: one bucket holds many deliveries.
   enqueue  the receiver's write alone, pushed to Redis' limit: redis-benchmark runs the
-           real enqueue script (`worker.queue._ENQUEUE`, EVALSHA: per event HSETNX into
+           real enqueue script (`_ENQUEUE` of worker/queue.py, EVALSHA: per event HSETNX into
            a dedupe bucket + PEXPIREAT + PSETEX job + ZADD, one PUBLISH per call) with
            random delivery ids and real-sized job bodies, --bench-batch events per call
            (the receiver's group commit sends one call per batch), pipelined. All events
@@ -53,6 +53,9 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
+from ringez_worker.worker.queue import _ENQUEUE, job_bytes  # noqa: E402
+
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -64,8 +67,7 @@ from bench.common import (  # noqa: E402
     signed_request,
     wait_for_port,
 )
-from worker.queue import _ENQUEUE, BUCKET_MS, Keys, job_bytes  # noqa: E402
-from worker.redis_server import RedisServer, free_port  # noqa: E402
+from ringez_worker.keys import BUCKET_MS, Keys  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 # Production's AOF settings (RedisServer: appendonly yes, appendfsync everysec), with no
@@ -257,11 +259,16 @@ def run_e2e(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         }
         ports = [free_port() for _ in range(args.receivers)]
         receivers = [
-            Service(f"serve-{i}", ["-m", "worker.cli", "serve", "--port", str(p)], env, log_dir)
+            Service(
+                f"serve-{i}",
+                ["-m", "ringez_worker.worker.cli", "serve", "--port", str(p)],
+                env,
+                log_dir,
+            )
             for i, p in enumerate(ports)
         ]
         workers = [
-            Service(f"worker-{i}", ["-m", "worker.cli", "worker"], env, log_dir)
+            Service(f"worker-{i}", ["-m", "ringez_worker.worker.cli", "worker"], env, log_dir)
             for i in range(args.workers)
         ]
         try:

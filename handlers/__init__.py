@@ -1,7 +1,13 @@
 """Route an event to the handlers registered for it."""
 
-from handlers.context import Context, Superseded
-from handlers.events import (
+if __name__ != "ringez_worker.handlers":  # the folder maps into the namespace (pyproject.toml)
+    raise ImportError(
+        f"import ringez_worker.handlers, not {__name__}: this folder is installed as "
+        "ringez_worker.handlers, and a second name would load a second copy of its modules"
+    )
+
+from ringez_worker.handlers.context import Context, Superseded
+from ringez_worker.handlers.events import (
     BalanceLow,
     CallAnswered,
     CallCompleted,
@@ -12,7 +18,7 @@ from handlers.events import (
     TranscriptionUpdated,
     parse_event,
 )
-from handlers.router import ANY, Handler, Router
+from ringez_worker.handlers.router import ANY, Handler, Router
 
 __all__ = [
     "ANY",

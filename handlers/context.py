@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     import structlog
     from redis.asyncio import Redis
 
-    from worker.settings import Settings
+    from ringez_worker.settings import Settings
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from handlers.router import Router
+from ringez_worker.handlers.router import Router
 
 ENTRY_POINT_GROUP = "ringez_worker.handlers"
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.context import Context
+from ringez_worker.handlers.context import Context
 
 ANY = "*"
 HandlerFunc = Callable[[Any, Context], Awaitable[Any]]

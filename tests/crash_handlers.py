@@ -1,7 +1,7 @@
 """Handlers for the crash and shutdown tests: they count their runs in Redis, and `slow`
 blocks until the test releases it, so a test can kill a worker in the middle of a job."""
 
-from handlers import Context, Event, Router
+from ringez_worker.handlers import Context, Event, Router
 
 router = Router()
 

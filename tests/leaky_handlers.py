@@ -1,6 +1,6 @@
 """A handler whose error message carries credentials, as a careless library's might."""
 
-from handlers import Context, Event, Router
+from ringez_worker.handlers import Context, Event, Router
 
 router = Router()
 

@@ -21,7 +21,7 @@ class Proc:
         for name in unset:
             full_env.pop(name, None)
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "ringez_worker.worker.cli", *args],
             env=full_env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -68,7 +68,7 @@ class Proc:
 def run_cli(*args: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "ringez_worker.worker.cli", *args],
         env=full_env,
         cwd=ROOT,
         capture_output=True,

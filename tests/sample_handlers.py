@@ -1,6 +1,6 @@
 """A user handler module, loaded in tests through RINGEZ_HANDLERS as a user would."""
 
-from handlers import CallCompleted, Context, Router
+from ringez_worker.handlers import CallCompleted, Context, Router
 
 router = Router()
 

@@ -4,7 +4,7 @@ Loaded by worker processes through RINGEZ_HANDLERS. A count above 1 for any deli
 id means an event was handled twice; a missing id means it was lost.
 """
 
-from handlers import Context, Event, Router
+from ringez_worker.handlers import Context, Event, Router
 
 COUNTS_KEY = "scale:runs"
 

@@ -7,17 +7,17 @@ import asyncio
 
 import orjson
 import pytest
+from ringez_worker.agents import escalation
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.handlers import Context, parse_event
+from ringez_worker.sandbox import start_scenario
+from ringez_worker.worker.cli import post_webhook
+from ringez_worker.worker.envelope import delivery_id
 
-from agents import escalation
-from agents.api import RingezClient
-from agents.config import AgentSettings
-from handlers import Context, parse_event
+from ringez_worker.api import RingezClient
+from ringez_worker.logs import get_logger
 from tests.agent_stack import agent_stack
 from tests.conftest import event_body, wait_for
-from worker.cli import post_webhook
-from worker.envelope import delivery_id
-from worker.logs import get_logger
-from worker.sandbox import start_scenario
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -280,7 +280,7 @@ async def test_dry_run_logs_instead_of_charging(redis_url, redis_client):
 
 
 async def test_user_intent_handlers_run_beside_the_built_in_ones(redis_url, redis_client):
-    from handlers import Router
+    from ringez_worker.handlers import Router
 
     seen: list[tuple[str, str]] = []
     users = Router()

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from ringez_worker.sandbox.redis_server import free_port
 
-from agents.api import (
+from ringez_worker.api import (
     BadRequest,
     CallSettings,
     Forbidden,
@@ -37,10 +38,9 @@ from agents.api import (
     Unauthorized,
     UserConsent,
 )
-from agents.api.retry import parse_retry_after
+from ringez_worker.api.retry import parse_retry_after
+from ringez_worker.settings import SettingsError
 from tests.conftest import make_settings
-from worker.redis_server import free_port
-from worker.settings import SettingsError
 
 API_KEY = "sk_test_4f9c2d7e1b8a6c3f5e0d9b2a"
 AGENT = "agent-under-test"

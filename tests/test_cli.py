@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import orjson
+from ringez_worker.sandbox.redis_server import free_port
 
 from tests.processes import Proc, run_cli, wait_for_port
-from worker.redis_server import free_port
 
 SECRET = "whsec_cli_test_secret"
 
@@ -80,7 +80,7 @@ async def test_plain_arq_runs_the_worker_settings(receiver, redis_url, redis_cli
         "AGENTS_ENABLED": "",
     }
     arq = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [sys.executable, "-m", "arq", "worker.app.WorkerSettings"],
+        [sys.executable, "-m", "arq", "ringez_worker.worker.app.WorkerSettings"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 
+from ringez_worker.sandbox.redis_server import free_port
+
 from tests.processes import Proc, run_cli, wait_for_port
-from worker.redis_server import free_port
 
 
 def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():

@@ -8,8 +8,8 @@ import orjson
 import pytest
 import structlog
 
+from ringez_worker.logs import REDACTED, configure_logging, get_logger
 from tests.conftest import wait_for
-from worker.logs import REDACTED, configure_logging, get_logger
 
 SECRET = "whsec_log_test_0123456789"
 

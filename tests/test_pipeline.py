@@ -6,10 +6,10 @@ import asyncio
 import collections
 
 import orjson
+from ringez_worker.handlers import CallCompleted, Context, Event, Router, Superseded
+from ringez_worker.worker.envelope import delivery_id
 
-from handlers import CallCompleted, Context, Event, Router, Superseded
 from tests.conftest import event_body, running_worker, signed_headers, wait_for
-from worker.envelope import delivery_id
 
 PATH = "/webhooks/ringez"
 

@@ -6,12 +6,12 @@ from datetime import datetime
 
 import orjson
 import pytest
+from ringez_worker.worker.cli import build_event
+from ringez_worker.worker.envelope import delivery_id
 
+from ringez_worker import signature
+from ringez_worker.keys import BUCKET_MS, Keys
 from tests.conftest import OLD_SECRET, SECRET, event_body, signed_headers
-from worker import signature
-from worker.cli import build_event
-from worker.envelope import delivery_id
-from worker.queue import BUCKET_MS, Keys
 
 PATH = "/webhooks/ringez"
 

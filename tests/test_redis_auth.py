@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import trustme
 from aiohttp.test_utils import TestClient, TestServer
+from ringez_worker.handlers import Event, Router
+from ringez_worker.sandbox.redis_server import RedisServer, free_port
+from ringez_worker.worker.receiver import create_app
 
-from handlers import Event, Router
+from ringez_worker.settings import Settings
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
-from worker.receiver import create_app
-from worker.redis_server import RedisServer, free_port
-from worker.settings import Settings
 
 PASSWORD = "redis-pass-0123456789"
 

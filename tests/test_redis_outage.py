@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from ringez_worker.sandbox.redis_server import RedisServer
+from ringez_worker.worker.envelope import delivery_id
+from ringez_worker.worker.receiver import create_app
 
 from tests.conftest import event_body, make_settings, signed_headers
-from worker.envelope import delivery_id
-from worker.receiver import create_app
-from worker.redis_server import RedisServer
 
 PATH = "/webhooks/ringez"
 
@@ -66,7 +66,7 @@ async def test_redis_killed_mid_run(own_redis):
 
 
 async def test_redis_down_from_the_start_answers_503(redis_server):
-    from worker.redis_server import free_port
+    from ringez_worker.sandbox.redis_server import free_port
 
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", redis_timeout_seconds=0.3)
     client = TestClient(TestServer(create_app(settings)))

@@ -6,10 +6,9 @@ import sys
 import textwrap
 
 import pytest
-
-from handlers import ANY, CallCompleted, Event, Router, parse_event
-from handlers.events import InvalidEvent
-from handlers.loading import HandlerLoadError, load_router
+from ringez_worker.handlers import ANY, CallCompleted, Event, Router, parse_event
+from ringez_worker.handlers.events import InvalidEvent
+from ringez_worker.handlers.loading import HandlerLoadError, load_router
 
 
 async def noop(event: Event, ctx: object) -> None:
@@ -82,7 +81,7 @@ def test_load_router_from_an_entry_point(tmp_path, monkeypatch):
     (tmp_path / "acme_handlers.py").write_text(
         textwrap.dedent(
             """
-            from handlers import Router
+            from ringez_worker.handlers import Router
             router = Router()
 
             @router.on("call.answered")

@@ -13,13 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
-from tests.conftest import SECRET, wait_for
-from worker import signature
-from worker.cli import build_event
-from worker.envelope import delivery_id
-from worker.redis_server import free_port
-from worker.sandbox import (
+from ringez_worker.sandbox import (
     ANSWERS,
     BUSY,
     NO_ANSWER,
@@ -39,7 +33,13 @@ from worker.sandbox import (
     start_sandbox,
     start_scenario,
 )
-from worker.sandbox.engine import Sink
+from ringez_worker.sandbox.engine import Sink
+from ringez_worker.sandbox.redis_server import free_port
+from ringez_worker.worker.cli import build_event
+from ringez_worker.worker.envelope import delivery_id
+
+from ringez_worker import signature
+from tests.conftest import SECRET, wait_for
 
 API = "/api/v1"
 AUTH = {"Authorization": "Bearer sk_test_sandbox_key", "X-Agent-ID": "test-agent"}

@@ -19,15 +19,15 @@ import time
 import aiohttp
 import orjson
 import pytest
+from ringez_worker.sandbox.redis_server import free_port
+from ringez_worker.worker.cli import build_event
+from ringez_worker.worker.envelope import delivery_id
 
+from ringez_worker import signature
+from ringez_worker.keys import Keys
 from tests.conftest import wait_for
 from tests.processes import Proc
 from tests.scale_handlers import COUNTS_KEY
-from worker import signature
-from worker.cli import build_event
-from worker.envelope import delivery_id
-from worker.queue import Keys
-from worker.redis_server import free_port
 
 SECRET = "whsec_scale_test_secret"
 PATH = "/webhooks/ringez"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import urllib.request
 
+from ringez_worker.sandbox.redis_server import free_port
+
 from tests.processes import Proc, run_cli, wait_for_port
-from worker.redis_server import free_port
 
 SECRET = "whsec_do_not_leak_4d2c9e"
 API_KEY = "sk_test_do_not_leak_7b1f03"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.settings import SettingsError, load_settings, require
+from ringez_worker.settings import SettingsError, load_settings, require
 
 
 def test_defaults_and_comma_separated_lists(monkeypatch):
@@ -65,7 +65,7 @@ def test_a_wait_longer_than_the_socket_timeout_is_refused() -> None:
 )
 def test_both_clients_log_in_with_the_same_password(url: str) -> None:
     # arq's from_dsn alone would send `p%40ss`, or nothing for `?password=`.
-    from worker.redis_conn import arq_redis_settings
+    from ringez_worker.redis_conn import arq_redis_settings
 
     settings = load_settings(_env_file=None, redis_url=url)
     assert arq_redis_settings(settings).password == "p@ss"

@@ -1,4 +1,4 @@
-from worker import signature
+from ringez_worker import signature
 
 
 def test_sign_is_lowercase_hex_hmac_sha256_of_the_raw_body():

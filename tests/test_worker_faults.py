@@ -104,16 +104,17 @@ async def test_sigterm_finishes_running_jobs_and_takes_no_new_ones(
 
 
 def receiver_delivery(body: bytes) -> str:
-    from worker.envelope import delivery_id
+    from ringez_worker.worker.envelope import delivery_id
 
     return delivery_id(body)
 
 
 async def test_the_worker_outlives_a_redis_restart():
     from redis.asyncio import Redis
+    from ringez_worker.sandbox.redis_server import RedisServer
+    from ringez_worker.worker.queue import EventQueue
 
-    from worker.queue import EventQueue, Keys
-    from worker.redis_server import RedisServer
+    from ringez_worker.keys import Keys
 
     server = RedisServer(appendonly=True).start()
     proc = Proc("worker", env=worker_env(server.url))

@@ -1,6 +1,6 @@
 """The arq side: the job function, its start-up, and `WorkerSettings`.
 
-`arq worker.app.WorkerSettings` runs it with plain arq (polling every
+`arq ringez_worker.worker.app.WorkerSettings` runs it with plain arq (polling every
 `WORKER_POLL_DELAY_SECONDS`); `ringez-worker worker` runs the same settings on
 `RingezWorker`, which the receiver wakes through Redis pub/sub as soon as it enqueues.
 """
@@ -22,17 +22,18 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.utils import timestamp_ms
 from arq.worker import func
 from redis.exceptions import NoScriptError
+from ringez_worker.agents import AgentSettings, build_agents
+from ringez_worker.handlers.loading import load_router
+from ringez_worker.handlers.router import Router
+from ringez_worker.worker.dispatch import Dispatcher
+from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
+from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
 
-from agents import AgentSettings, build_agents
-from agents.api import RingezClient
-from handlers.loading import load_router
-from handlers.router import Router
-from worker.dispatch import Dispatcher
-from worker.logs import configure_logging, get_logger
-from worker.metrics import WorkerMetrics, metrics_response, queue_stats
-from worker.queue import JOB_FUNCTION, Keys, dumps_job, loads_job
-from worker.redis_conn import arq_redis_settings
-from worker.settings import Settings, load_settings
+from ringez_worker.api import RingezClient
+from ringez_worker.keys import Keys
+from ringez_worker.logs import configure_logging, get_logger
+from ringez_worker.redis_conn import arq_redis_settings
+from ringez_worker.settings import Settings, load_settings
 
 log = get_logger("ringez.worker")
 
@@ -391,7 +392,8 @@ def create_worker(
 
 
 def __getattr__(name: str) -> Any:
-    # `arq worker.app.WorkerSettings` reads this; building it lazily keeps imports side-effect free.
+    # `arq ringez_worker.worker.app.WorkerSettings` reads this; built lazily so that
+    # importing the module has no side effects.
     if name == "WorkerSettings":
         return worker_settings(load_settings(), configure_logs=True)
     raise AttributeError(name)

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
+from ringez_worker.handlers.loading import HandlerLoadError
 
-from handlers.loading import HandlerLoadError
-from worker.logs import configure_logging, get_logger
-from worker.settings import Settings, SettingsError, load_settings, require
+from ringez_worker.logs import configure_logging, get_logger
+from ringez_worker.settings import Settings, SettingsError, load_settings, require
 
 log = get_logger("ringez.cli")
 
@@ -27,7 +27,7 @@ def _use_uvloop() -> None:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    from agents.config import AgentSettings
+    from ringez_worker.agents.config import AgentSettings
 
     try:
         agent_secrets = AgentSettings().secret_values()
@@ -42,8 +42,7 @@ def _setup(settings: Settings, fmt: str | None = None) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
-
-    from worker.receiver import create_app
+    from ringez_worker.worker.receiver import create_app
 
     require(settings, "ringez_webhook_secret")
     _setup(settings)
@@ -64,8 +63,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from worker.app import create_worker
+    from ringez_worker.worker.app import create_worker
 
     _setup(settings)
     _use_uvloop()
@@ -87,7 +85,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.dev import DEFAULT_SCENARIOS, run_dev
+    import types
+
+    from ringez_worker.sandbox.dev import DEFAULT_SCENARIOS, run_dev
+    from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.receiver import create_app
 
     _setup(settings, "console" if settings.log_format == "auto" else settings.log_format)
     _use_uvloop()
@@ -95,6 +97,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(
         run_dev(
             settings,
+            types.SimpleNamespace(create_app=create_app, create_worker=create_worker),
             scenarios=scenarios,
             sandbox_port=args.sandbox_port,
             exit_after_scenarios=args.exit_after_scenarios,
@@ -103,7 +106,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.sandbox import config_from_settings, run_sandbox
+    from ringez_worker.sandbox import config_from_settings, run_sandbox
 
     _setup(settings)
     config = config_from_settings(settings)
@@ -126,7 +129,7 @@ async def post_webhook(url: str, body: bytes, secret: bytes) -> tuple[int, bytes
     """POST `body` signed with `secret`; return the status and the response body."""
     import aiohttp
 
-    from worker import signature
+    from ringez_worker import signature
 
     headers = {"Content-Type": "application/json", signature.HEADER: signature.sign(body, secret)}
     async with (
@@ -162,9 +165,10 @@ def _ms(value: int | None) -> str:
 
 
 async def _failed(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import failed
-    from worker.queue import Keys
-    from worker.redis_conn import redis_from_settings
+    from ringez_worker.worker import failed
+
+    from ringez_worker.keys import Keys
+    from ringez_worker.redis_conn import redis_from_settings
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     ttl_ms = settings.handler_state_ttl_seconds * 1000
@@ -220,9 +224,10 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings) -> int:
-    from worker.metrics import queue_stats
-    from worker.queue import Keys
-    from worker.redis_conn import redis_from_settings
+    from ringez_worker.worker.metrics import queue_stats
+
+    from ringez_worker.keys import Keys
+    from ringez_worker.redis_conn import redis_from_settings
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     redis = redis_from_settings(settings)

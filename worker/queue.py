@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import hiredis
 import orjson
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ringez_worker.keys import BUCKET_MS, Keys
 
 JOB_FUNCTION = "handle_event"
 
@@ -31,8 +31,6 @@ JOB_FUNCTION = "handle_event"
 class NotReplicated(RedisError):
     """Fewer replicas than asked for confirmed a write in time (the receiver answers 503)."""
 
-
-BUCKET_MS = 600_000
 
 # KEYS: the queue, then (dedupe bucket, job key) per delivery.
 # ARGV: job ttl ms, wake channel, then (dedupe field, bucket expiry ms, job, score, id)
@@ -58,37 +56,6 @@ if queued > 0 then
 end
 return out
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """Names of every Redis key the service writes, under one prefix."""
-
-    prefix: str = "rz"
-    queue: str = "ringez:queue"
-
-    def dedupe(self, delivery_id: str, event_ms: int) -> tuple[str, bytes]:
-        """(bucket key, field) of a delivery's dedupe record; `event_ms` is its timestamp."""
-        bucket = event_ms // BUCKET_MS
-        # 128 bits of the body hash tell deliveries apart; 8 of them pick the shard.
-        return f"{self.prefix}:d:{bucket}:{delivery_id[:2]}", bytes.fromhex(delivery_id[2:34])
-
-    def job(self, delivery_id: str) -> str:
-        return job_key_prefix + delivery_id
-
-    def done(self, delivery_id: str) -> str:
-        return f"{self.prefix}:done:{delivery_id}"
-
-    @property
-    def failed(self) -> str:
-        return f"{self.prefix}:failed"
-
-    def worker(self, name: str) -> str:
-        return f"{self.prefix}:worker:{name}"
-
-    @property
-    def wake(self) -> str:
-        return f"{self.prefix}:wake:{self.queue}"
 
 
 def dumps_job(obj: object) -> bytes:

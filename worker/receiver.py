@@ -10,15 +10,17 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from ringez_worker.handlers.events import EVENT_NAMES
+from ringez_worker.worker import envelope
+from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
+from ringez_worker.worker.queue import EventQueue
 from structlog.typing import FilteringBoundLogger
 
-from handlers.events import EVENT_NAMES
-from worker import envelope, signature
-from worker.logs import get_logger
-from worker.metrics import ReceiverMetrics, metrics_response
-from worker.queue import EventQueue, Keys
-from worker.redis_conn import redis_from_settings
-from worker.settings import Settings
+from ringez_worker import signature
+from ringez_worker.keys import Keys
+from ringez_worker.logs import get_logger
+from ringez_worker.redis_conn import redis_from_settings
+from ringez_worker.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -169,7 +171,7 @@ async def _method_not_allowed(request: web.Request) -> web.Response:
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     """Build the receiver. Pass `redis` to share a client; otherwise one is made from settings."""
     if not settings.webhook_secrets:
-        from worker.settings import SettingsError
+        from ringez_worker.settings import SettingsError
 
         raise SettingsError("missing required configuration: RINGEZ_WEBHOOK_SECRET")
     # aiohttp's own limit backs up the explicit Content-Length check for chunked bodies.

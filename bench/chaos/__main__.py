@@ -59,7 +59,7 @@ def parse(argv: list[str] | None = None) -> ChaosConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse(argv)
-    from worker.logs import configure_logging
+    from ringez_worker.logs import configure_logging
 
     # The sandbox runs in this process: only its warnings, not a line per request.
     configure_logging("WARNING", "console")

@@ -25,8 +25,9 @@ import asyncio
 import os
 import time
 
-from handlers import Context, Event, Router
-from worker.queue import Keys
+from ringez_worker.handlers import Context, Event, Router
+
+from ringez_worker.keys import Keys
 
 PREFIX = "chaos"
 EFFECTS = f"{PREFIX}:effects"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from worker.redis_server import find_server_binary
+from ringez_worker.sandbox.redis_server import find_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ class RedisProc:
 
 
 class Child:
-    """`python -m worker.cli <args>` with its output in a log file."""
+    """`python -m ringez_worker.worker.cli <args>` with its output in a log file."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -92,7 +92,7 @@ class Child:
         self._log = open(self.log_path, "ab")  # closed in wait()
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "ringez_worker.worker.cli", *args],
             env=full_env,
             cwd=ROOT,
             stdout=self._log,

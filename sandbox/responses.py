@@ -6,8 +6,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from worker.sandbox.models import SandboxError
+from ringez_worker.sandbox.models import SandboxError
 
 
 def json_response(

@@ -13,8 +13,8 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.api.errors import RateLimitWaitExceeded
-from worker.logs import get_logger
+from ringez_worker.api.errors import RateLimitWaitExceeded
+from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.api.ratelimit")
 

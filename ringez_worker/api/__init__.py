@@ -1,7 +1,7 @@
 """Async client for the Ringez API: retries, typed errors, a Redis-shared rate limit."""
 
-from agents.api.client import RingezClient
-from agents.api.errors import (
+from ringez_worker.api.client import RingezClient
+from ringez_worker.api.errors import (
     BadRequest,
     Forbidden,
     InsufficientBalance,
@@ -14,9 +14,9 @@ from agents.api.errors import (
     ServerError,
     Unauthorized,
 )
-from agents.api.models import BatchCall, CallSettings, UserConsent
-from agents.api.ratelimit import RateLimiter, RedisRateLimiter
-from agents.api.retry import RetryPolicy
+from ringez_worker.api.models import BatchCall, CallSettings, UserConsent
+from ringez_worker.api.ratelimit import RateLimiter, RedisRateLimiter
+from ringez_worker.api.retry import RetryPolicy
 
 __all__ = [
     "BadRequest",

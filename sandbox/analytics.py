@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from worker.sandbox.models import Call, iso
-from worker.sandbox.state import SandboxState
+from ringez_worker.sandbox.models import Call, iso
+from ringez_worker.sandbox.state import SandboxState
 
 
 def call_metrics(

@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from agents.api import models as m
-from agents.api.errors import InvalidResponse
+from ringez_worker.api import models as m
+from ringez_worker.api.errors import InvalidResponse
 
 if TYPE_CHECKING:
-    from agents.api.client import RingezClient
+    from ringez_worker.api.client import RingezClient
 
 M = TypeVar("M", bound=BaseModel)
 Obj = Mapping[str, Any] | BaseModel

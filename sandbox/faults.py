@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from worker.sandbox.config import FaultConfig
+from ringez_worker.sandbox.config import FaultConfig
 
 CODES = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "service_unavailable"}
 

@@ -1,6 +1,6 @@
 """Redis clients built from settings: bounded pools, timeouts, retry on reconnect.
 
-With a Sentinel URL (see `worker.redis_url`) both clients ask the Sentinels where the
+With a Sentinel URL (see `ringez_worker.redis_url`) both clients ask the Sentinels where the
 master is, and again after a failover.
 """
 
@@ -16,8 +16,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from worker.redis_url import is_sentinel_url, parse_sentinel_url, url_password
-from worker.settings import Settings
+from ringez_worker.redis_url import is_sentinel_url, parse_sentinel_url, url_password
+from ringez_worker.settings import Settings
 
 
 def _retry() -> Retry:

@@ -4,14 +4,20 @@ running = await start_sandbox(SandboxConfig(receiver_url=...))
 run = start_scenario(running.sandbox, "angry")
 """
 
-from worker.sandbox.app import (
+if __name__ != "ringez_worker.sandbox":  # the folder maps into the namespace (pyproject.toml)
+    raise ImportError(
+        f"import ringez_worker.sandbox, not {__name__}: this folder is installed as "
+        "ringez_worker.sandbox, and a second name would load a second copy of its modules"
+    )
+
+from ringez_worker.sandbox.app import (
     RunningSandbox,
     create_sandbox_app,
     run_sandbox,
     serve_sandbox,
     start_sandbox,
 )
-from worker.sandbox.config import (
+from ringez_worker.sandbox.config import (
     ANSWERS,
     BUSY,
     NO_ANSWER,
@@ -21,10 +27,10 @@ from worker.sandbox.config import (
     SandboxConfig,
     config_from_settings,
 )
-from worker.sandbox.emitter import Delivery, WebhookEmitter, event_body
-from worker.sandbox.engine import EmittedEvent, Sandbox
-from worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
-from worker.sandbox.scenarios import SCENARIOS, ScenarioRun, play_scenario, start_scenario
+from ringez_worker.sandbox.emitter import Delivery, WebhookEmitter, event_body
+from ringez_worker.sandbox.engine import EmittedEvent, Sandbox
+from ringez_worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
+from ringez_worker.sandbox.scenarios import SCENARIOS, ScenarioRun, play_scenario, start_scenario
 
 __all__ = [
     "ANSWERS",

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
+from ringez_worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
 
 
 class SettingsError(Exception):

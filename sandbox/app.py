@@ -10,16 +10,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from ringez_worker.sandbox.api import add_api_routes
+from ringez_worker.sandbox.config import SandboxConfig
+from ringez_worker.sandbox.control import PREFIX, add_control_routes
+from ringez_worker.sandbox.engine import Sandbox
+from ringez_worker.sandbox.faults import CODES
+from ringez_worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
+from ringez_worker.sandbox.models import SandboxError, iso
+from ringez_worker.sandbox.responses import error_response
 
-from worker.logs import get_logger
-from worker.sandbox.api import add_api_routes
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.control import PREFIX, add_control_routes
-from worker.sandbox.engine import Sandbox
-from worker.sandbox.faults import CODES
-from worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
-from worker.sandbox.models import SandboxError, iso
-from worker.sandbox.responses import error_response
+from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.sandbox")
 

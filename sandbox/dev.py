@@ -3,6 +3,9 @@
 Starts an embedded Redis (unless REDIS_URL is set), the local Ringez sandbox, the
 receiver and a worker with the built-in agents in one process, plays the call
 scenarios through them, prints what happened, and stays up for more events.
+
+The receiver and the worker come in as factories from the CLI, which composes `dev`:
+the sandbox sits beside the runtime, never under it or above it.
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
+from ringez_worker.sandbox.redis_server import start_embedded
 
-from worker.app import create_worker
-from worker.logs import get_logger
-from worker.receiver import create_app
-from worker.redis_conn import redis_from_settings
-from worker.redis_server import start_embedded
-from worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
-from worker.settings import Settings
+from ringez_worker.logs import get_logger
+from ringez_worker.redis_conn import redis_from_settings
+from ringez_worker.settings import Settings
 
 DEV_SECRET = "whsec_dev_local"
 DEV_API_KEY = "sk_test_dev_local"
@@ -30,12 +32,25 @@ DEFAULT_SCENARIOS = ("calm", "angry", "busy", "low_balance")
 log = get_logger("ringez.dev")
 
 
+class Worker(Protocol):
+    async def main(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Runtime(Protocol):
+    """What `dev` runs: the CLI passes the real receiver and worker factories."""
+
+    create_app: Callable[[Settings], web.Application]
+    create_worker: Callable[..., Worker]
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
 async def run_dev(
     settings: Settings,
+    runtime: Runtime,
     *,
     scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
     sandbox_port: int = 0,
@@ -64,12 +79,12 @@ async def run_dev(
     )
     settings = settings.model_copy(update={"ringez_api_url": sandbox.api_url})
 
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(runtime.create_app(settings), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()
     receiver_url = f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
 
-    worker = create_worker(settings, handle_signals=False)
+    worker = runtime.create_worker(settings, handle_signals=False)
     worker_task = asyncio.create_task(worker.main())
 
     stop = asyncio.Event()

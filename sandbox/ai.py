@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from worker.sandbox.config import RouteConfig
+from ringez_worker.sandbox.config import RouteConfig
 
 # A word matches its stem and any suffix: "cancel" also catches "cancelled".
 ANGRY = (

@@ -10,8 +10,8 @@ import math
 import re
 from typing import Any
 
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.models import (
+from ringez_worker.sandbox.config import SandboxConfig
+from ringez_worker.sandbox.models import (
     Call,
     SandboxError,
     Session,

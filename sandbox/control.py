@@ -6,12 +6,11 @@ import dataclasses
 from typing import Any, TypeVar
 
 from aiohttp import web
-
-from worker.sandbox.config import EmitterConfig, FaultConfig, RouteConfig
-from worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
-from worker.sandbox.models import SandboxError
-from worker.sandbox.responses import json_response, read_json
-from worker.sandbox.scenarios import SCENARIOS, UnknownScenario, start_scenario
+from ringez_worker.sandbox.config import EmitterConfig, FaultConfig, RouteConfig
+from ringez_worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
+from ringez_worker.sandbox.models import SandboxError
+from ringez_worker.sandbox.responses import json_response, read_json
+from ringez_worker.sandbox.scenarios import SCENARIOS, UnknownScenario, start_scenario
 
 PREFIX = "/_sandbox"
 C = TypeVar("C", EmitterConfig, FaultConfig, RouteConfig)

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 from pydantic import SecretStr
 
-from agents.api.ratelimit import RateLimiter, RedisRateLimiter
-from agents.api.resources import (
+from ringez_worker.api.ratelimit import RateLimiter, RedisRateLimiter
+from ringez_worker.api.resources import (
     Agents,
     Analytics,
     Batch,
@@ -20,9 +20,9 @@ from agents.api.resources import (
     Wallet,
     Webhooks,
 )
-from agents.api.retry import RetryPolicy
-from agents.api.transport import HttpTransport
-from worker.settings import Settings, require
+from ringez_worker.api.retry import RetryPolicy
+from ringez_worker.api.transport import HttpTransport
+from ringez_worker.settings import Settings, require
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

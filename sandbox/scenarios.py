@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.logs import get_logger
-from worker.sandbox.config import ANSWERS, BUSY, NO_ANSWER
-from worker.sandbox.engine import Sandbox
-from worker.sandbox.models import Call, iso
+from ringez_worker.sandbox.config import ANSWERS, BUSY, NO_ANSWER
+from ringez_worker.sandbox.engine import Sandbox
+from ringez_worker.sandbox.models import Call, iso
+
+from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.sandbox.scenarios")
 

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from agents.api.errors import (
+from ringez_worker.api.errors import (
     NOT_EXECUTED_STATUSES,
     InvalidResponse,
     RateLimited,
@@ -20,9 +20,9 @@ from agents.api.errors import (
     RingezUnavailable,
     error_for_status,
 )
-from agents.api.ratelimit import RateLimiter
-from agents.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from worker.logs import REDACTED, get_logger
+from ringez_worker.api.ratelimit import RateLimiter
+from ringez_worker.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from ringez_worker.logs import REDACTED, get_logger
 
 log = get_logger("ringez.api")
 

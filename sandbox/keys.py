@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-
-from worker.sandbox.engine import Sandbox
-from worker.sandbox.scenarios import ScenarioRun
+from ringez_worker.sandbox.engine import Sandbox
+from ringez_worker.sandbox.scenarios import ScenarioRun
 
 SANDBOX = web.AppKey("sandbox", Sandbox)
 # Every request received, oldest first: dicts of method, path, query, headers, json, status.

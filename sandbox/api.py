@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from worker.sandbox import ai, analytics
-from worker.sandbox.engine import EVENTS, Subscription
-from worker.sandbox.keys import SANDBOX
-from worker.sandbox.models import CALL_STATUSES, E164, SandboxError, iso, new_id
-from worker.sandbox.responses import (
+from ringez_worker.sandbox import ai, analytics
+from ringez_worker.sandbox.engine import EVENTS, Subscription
+from ringez_worker.sandbox.keys import SANDBOX
+from ringez_worker.sandbox.models import CALL_STATUSES, E164, SandboxError, iso, new_id
+from ringez_worker.sandbox.responses import (
     json_response,
     opt_dict,
     opt_number,

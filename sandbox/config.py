@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from worker.settings import Settings
+    from ringez_worker.settings import Settings
 
 # Ringez's sandbox numbers (ringez-api.md, "Sandbox").
 ANSWERS = "+15005550006"

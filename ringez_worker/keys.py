@@ -1,0 +1,41 @@
+"""Names of every Redis key the service writes, in one place (base layer: no runtime imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.constants import job_key_prefix
+
+# Dedupe records are bucketed by the body's own timestamp, ten minutes a bucket (docs/memory.md).
+BUCKET_MS = 600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Names of every Redis key the service writes, under one prefix."""
+
+    prefix: str = "rz"
+    queue: str = "ringez:queue"
+
+    def dedupe(self, delivery_id: str, event_ms: int) -> tuple[str, bytes]:
+        """(bucket key, field) of a delivery's dedupe record; `event_ms` is its timestamp."""
+        bucket = event_ms // BUCKET_MS
+        # 128 bits of the body hash tell deliveries apart; 8 of them pick the shard.
+        return f"{self.prefix}:d:{bucket}:{delivery_id[:2]}", bytes.fromhex(delivery_id[2:34])
+
+    def job(self, delivery_id: str) -> str:
+        return job_key_prefix + delivery_id
+
+    def done(self, delivery_id: str) -> str:
+        return f"{self.prefix}:done:{delivery_id}"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.prefix}:failed"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.prefix}:wake:{self.queue}"

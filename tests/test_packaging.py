@@ -1,0 +1,85 @@
+"""The distribution installs one top-level import package, and no module has two names.
+
+`pip install ringez-agent-worker` once put `agents`, `handlers` and `worker` into
+site-packages, where the OpenAI Agents SDK also installs `agents`: pip overwrites one with
+the other without a word. The wheel is built here and its file list read, so the
+collision cannot come back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPED = ("handlers", "agents", "worker", "sandbox")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(out), str(ROOT)],
+        check=True,
+        cwd=build,
+        timeout=120,
+    )
+    (found,) = out.glob("ringez_agent_worker-*.whl")
+    return found
+
+
+def test_the_wheel_adds_exactly_one_top_level_module(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        tops = {n.split("/")[0] for n in names}
+        top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        declared = zf.read(top_level).decode().split()
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert tops - dist_info == {"ringez_worker"}
+    assert declared == ["ringez_worker"]
+    for sub in ("api", *MAPPED):
+        assert f"ringez_worker/{sub}/__init__.py" in names
+
+
+def test_the_built_wheel_imports_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
+    """A plain (not editable) install of the mapped layout: every layer imports."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
+        + [str(wheel)],
+        check=True,
+        timeout=120,
+    )
+    code = (
+        "import ringez_worker.worker.cli, ringez_worker.sandbox.dev, ringez_worker.agents;"
+        "import ringez_worker.handlers as h; print(h.__file__)"
+    )
+    env_path = f"{target}"
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {env_path!r}); {code}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(target))
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_a_mapped_folder_refuses_its_bare_name(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {name}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"import ringez_worker.{name}, not {name}" in done.stderr
