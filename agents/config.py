@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from ringez_worker.agents.phone import is_e164
 
 ALL_AGENTS = ("support", "escalation", "recharge")

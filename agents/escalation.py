@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import orjson
+
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.phone import InvalidNumber, is_e164
 from ringez_worker.agents.state import CallKeys

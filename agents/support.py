@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
 from ringez_worker.agents.state import CallKeys

@@ -31,10 +31,9 @@ from arq.connections import ArqRedis, RedisSettings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job  # noqa: E402
-
 from bench.common import SECRET, WEBHOOK_PATH  # noqa: E402
 from ringez_worker import signature  # noqa: E402
+from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job  # noqa: E402
 
 POOL = web.AppKey("pool", ArqRedis)
 SECRETS = [SECRET.encode()]

@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ringez_worker.worker.cli import build_event  # noqa: E402
-
 from ringez_worker import signature  # noqa: E402
+from ringez_worker.worker.cli import build_event  # noqa: E402
 
 SECRET = "whsec_bench_secret"
 WEBHOOK_PATH = "/webhooks/ringez"

@@ -39,8 +39,6 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
-
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -53,6 +51,7 @@ from bench.common import (  # noqa: E402
     wait_for_port,
     wait_quiet,
 )
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}

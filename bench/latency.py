@@ -38,8 +38,6 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
-
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -56,6 +54,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.latency_handlers import START_KEY  # noqa: E402
 from ringez_worker.keys import Keys  # noqa: E402
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
 
 ALL_MODES = ("wake", "poll", "poll-0.5")
 Request = tuple[bytes, str, str]  # body, signature, delivery id

@@ -53,9 +53,6 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
-from ringez_worker.worker.queue import _ENQUEUE, job_bytes  # noqa: E402
-
 from bench.common import (  # noqa: E402
     SECRET,
     WEBHOOK_PATH,
@@ -68,6 +65,8 @@ from bench.common import (  # noqa: E402
     wait_for_port,
 )
 from ringez_worker.keys import BUCKET_MS, Keys  # noqa: E402
+from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
+from ringez_worker.worker.queue import _ENQUEUE, job_bytes  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 # Production's AOF settings (RedisServer: appendonly yes, appendfsync everysec), with no

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from ringez_worker.sandbox import ai, analytics
 from ringez_worker.sandbox.engine import EVENTS, Subscription
 from ringez_worker.sandbox.keys import SANDBOX

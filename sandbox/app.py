@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from ringez_worker.logs import get_logger
 from ringez_worker.sandbox.api import add_api_routes
 from ringez_worker.sandbox.config import SandboxConfig
 from ringez_worker.sandbox.control import PREFIX, add_control_routes
@@ -18,8 +20,6 @@ from ringez_worker.sandbox.faults import CODES
 from ringez_worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
 from ringez_worker.sandbox.models import SandboxError, iso
 from ringez_worker.sandbox.responses import error_response
-
-from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.sandbox")
 

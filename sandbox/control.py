@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 from aiohttp import web
+
 from ringez_worker.sandbox.config import EmitterConfig, FaultConfig, RouteConfig
 from ringez_worker.sandbox.keys import REQUEST_LOG, SANDBOX, SCENARIO_RUNS
 from ringez_worker.sandbox.models import SandboxError

@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
-from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
-from ringez_worker.sandbox.redis_server import start_embedded
 
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
+from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
+from ringez_worker.sandbox.redis_server import start_embedded
 from ringez_worker.settings import Settings
 
 DEV_SECRET = "whsec_dev_local"

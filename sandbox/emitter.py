@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from ringez_worker.sandbox.config import EmitterConfig
 
 from ringez_worker import signature
 from ringez_worker.logs import get_logger
+from ringez_worker.sandbox.config import EmitterConfig
 
 log = get_logger("ringez.sandbox.emitter")
 

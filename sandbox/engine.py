@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ringez_worker.handlers.events import EVENT_NAMES
+from ringez_worker.logs import get_logger
 from ringez_worker.sandbox.config import BUSY, NO_ANSWER, SandboxConfig
 from ringez_worker.sandbox.emitter import Delivery, WebhookEmitter, event_body
 from ringez_worker.sandbox.faults import FaultInjector
 from ringez_worker.sandbox.models import Call, iso
 from ringez_worker.sandbox.state import SandboxState
-
-from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.sandbox")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
 from ringez_worker.sandbox.engine import Sandbox
 from ringez_worker.sandbox.scenarios import ScenarioRun
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
 from ringez_worker.sandbox.models import SandboxError
 
 

@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ringez_worker.logs import get_logger
 from ringez_worker.sandbox.config import ANSWERS, BUSY, NO_ANSWER
 from ringez_worker.sandbox.engine import Sandbox
 from ringez_worker.sandbox.models import Call, iso
-
-from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.sandbox.scenarios")
 

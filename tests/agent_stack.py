@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp.test_utils import TestServer
+
 from ringez_worker.agents import AgentSettings, build_agents
 from ringez_worker.sandbox import REQUEST_LOG, RunningSandbox, SandboxConfig, start_sandbox
 from ringez_worker.sandbox.config import EmitterConfig
-from ringez_worker.worker.receiver import create_app
-
 from ringez_worker.settings import Settings
+from ringez_worker.worker.receiver import create_app
 from tests.conftest import SECRET, make_settings, running_worker
 
 PATH = "/webhooks/ringez"

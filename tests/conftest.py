@@ -11,14 +11,14 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+
+from ringez_worker import signature
 from ringez_worker.handlers.router import Router
 from ringez_worker.sandbox.redis_server import RedisServer
+from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.app import create_worker
 from ringez_worker.worker.cli import build_event
 from ringez_worker.worker.receiver import create_app
-
-from ringez_worker import signature
-from ringez_worker.settings import Settings, load_settings
 
 SECRET = "whsec_test_current"
 OLD_SECRET = "whsec_test_previous"

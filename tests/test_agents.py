@@ -7,15 +7,15 @@ import asyncio
 
 import orjson
 import pytest
+
 from ringez_worker.agents import escalation
 from ringez_worker.agents.config import AgentSettings
+from ringez_worker.api import RingezClient
 from ringez_worker.handlers import Context, parse_event
+from ringez_worker.logs import get_logger
 from ringez_worker.sandbox import start_scenario
 from ringez_worker.worker.cli import post_webhook
 from ringez_worker.worker.envelope import delivery_id
-
-from ringez_worker.api import RingezClient
-from ringez_worker.logs import get_logger
 from tests.agent_stack import agent_stack
 from tests.conftest import event_body, wait_for
 

@@ -18,7 +18,6 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
-from ringez_worker.sandbox.redis_server import free_port
 
 from ringez_worker.api import (
     BadRequest,
@@ -39,6 +38,7 @@ from ringez_worker.api import (
     UserConsent,
 )
 from ringez_worker.api.retry import parse_retry_after
+from ringez_worker.sandbox.redis_server import free_port
 from ringez_worker.settings import SettingsError
 from tests.conftest import make_settings
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import orjson
-from ringez_worker.sandbox.redis_server import free_port
 
+from ringez_worker.sandbox.redis_server import free_port
 from tests.processes import Proc, run_cli, wait_for_port
 
 SECRET = "whsec_cli_test_secret"

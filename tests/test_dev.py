@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 from ringez_worker.sandbox.redis_server import free_port
-
 from tests.processes import Proc, run_cli, wait_for_port
 
 

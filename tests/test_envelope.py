@@ -2,6 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+
 from ringez_worker.worker import envelope
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

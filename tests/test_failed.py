@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 
 import orjson
+
 from ringez_worker.handlers import Context, Event, Router
 from ringez_worker.worker.envelope import delivery_id
-
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
 from tests.processes import run_cli
 

@@ -11,10 +11,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from ringez_worker.worker.envelope import delivery_id
-from ringez_worker.worker.receiver import create_app
 
 from ringez_worker import signature
+from ringez_worker.worker.envelope import delivery_id
+from ringez_worker.worker.receiver import create_app
 from tests.conftest import OLD_SECRET, SECRET, event_body, make_settings, signed_headers
 
 PATH = "/webhooks/ringez"

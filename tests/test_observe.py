@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import aiohttp
+
 from ringez_worker.handlers import Context, Event, Router
 from ringez_worker.sandbox.redis_server import free_port
-
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
 from tests.processes import run_cli
 
@@ -44,6 +44,7 @@ async def test_receiver_health_ready_and_metrics(receiver):
 
 async def test_readyz_is_503_when_redis_is_unreachable():
     from aiohttp.test_utils import TestClient, TestServer
+
     from ringez_worker.worker.receiver import create_app
 
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", redis_timeout_seconds=0.3)

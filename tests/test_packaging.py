@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPED = ("handlers", "agents", "worker", "sandbox")
+PIP = (sys.executable, "-m", "pip")
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     build = tmp_path_factory.mktemp("build")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(ROOT)],
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         check=True,
         cwd=build,
         timeout=120,
@@ -51,8 +51,7 @@ def test_the_built_wheel_imports_outside_the_source_tree(wheel: Path, tmp_path: 
     """A plain (not editable) install of the mapped layout: every layer imports."""
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
-        + [str(wheel)],
+        [*PIP, "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
         check=True,
         timeout=120,
     )

@@ -6,9 +6,9 @@ import asyncio
 import collections
 
 import orjson
+
 from ringez_worker.handlers import CallCompleted, Context, Event, Router, Superseded
 from ringez_worker.worker.envelope import delivery_id
-
 from tests.conftest import event_body, running_worker, signed_headers, wait_for
 
 PATH = "/webhooks/ringez"

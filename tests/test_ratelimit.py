@@ -11,10 +11,10 @@ import structlog
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from ringez_worker.sandbox.redis_server import free_port
 
 from ringez_worker.api import RateLimitWaitExceeded, RedisRateLimiter
 from ringez_worker.api.ratelimit import api_key_fingerprint
+from ringez_worker.sandbox.redis_server import free_port
 
 KEY = "rz:ratelimit:test"
 

@@ -6,11 +6,11 @@ from datetime import datetime
 
 import orjson
 import pytest
-from ringez_worker.worker.cli import build_event
-from ringez_worker.worker.envelope import delivery_id
 
 from ringez_worker import signature
 from ringez_worker.keys import BUCKET_MS, Keys
+from ringez_worker.worker.cli import build_event
+from ringez_worker.worker.envelope import delivery_id
 from tests.conftest import OLD_SECRET, SECRET, event_body, signed_headers
 
 PATH = "/webhooks/ringez"

@@ -6,9 +6,9 @@ import asyncio
 import signal
 
 import pytest
-from ringez_worker.sandbox.redis_server import free_port
 
 from ringez_worker import signature
+from ringez_worker.sandbox.redis_server import free_port
 from tests.conftest import SECRET, event_body, wait_for
 from tests.processes import Proc, wait_for_port
 

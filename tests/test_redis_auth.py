@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trustme
 from aiohttp.test_utils import TestClient, TestServer
+
 from ringez_worker.handlers import Event, Router
 from ringez_worker.sandbox.redis_server import RedisServer, free_port
-from ringez_worker.worker.receiver import create_app
-
 from ringez_worker.settings import Settings
+from ringez_worker.worker.receiver import create_app
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
 
 PASSWORD = "redis-pass-0123456789"

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+
 from ringez_worker.sandbox.redis_server import RedisServer
 from ringez_worker.worker.envelope import delivery_id
 from ringez_worker.worker.receiver import create_app
-
 from tests.conftest import event_body, make_settings, signed_headers
 
 PATH = "/webhooks/ringez"

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+
 from ringez_worker.handlers import ANY, CallCompleted, Event, Router, parse_event
 from ringez_worker.handlers.events import InvalidEvent
 from ringez_worker.handlers.loading import HandlerLoadError, load_router

@@ -13,6 +13,8 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+
+from ringez_worker import signature
 from ringez_worker.sandbox import (
     ANSWERS,
     BUSY,
@@ -37,8 +39,6 @@ from ringez_worker.sandbox.engine import Sink
 from ringez_worker.sandbox.redis_server import free_port
 from ringez_worker.worker.cli import build_event
 from ringez_worker.worker.envelope import delivery_id
-
-from ringez_worker import signature
 from tests.conftest import SECRET, wait_for
 
 API = "/api/v1"

@@ -19,12 +19,12 @@ import time
 import aiohttp
 import orjson
 import pytest
-from ringez_worker.sandbox.redis_server import free_port
-from ringez_worker.worker.cli import build_event
-from ringez_worker.worker.envelope import delivery_id
 
 from ringez_worker import signature
 from ringez_worker.keys import Keys
+from ringez_worker.sandbox.redis_server import free_port
+from ringez_worker.worker.cli import build_event
+from ringez_worker.worker.envelope import delivery_id
 from tests.conftest import wait_for
 from tests.processes import Proc
 from tests.scale_handlers import COUNTS_KEY

@@ -6,7 +6,6 @@ from __future__ import annotations
 import urllib.request
 
 from ringez_worker.sandbox.redis_server import free_port
-
 from tests.processes import Proc, run_cli, wait_for_port
 
 SECRET = "whsec_do_not_leak_4d2c9e"

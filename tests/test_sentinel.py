@@ -10,13 +10,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
 from ringez_worker.handlers import Event, Router
+from ringez_worker.redis_url import parse_sentinel_url, url_password
 from ringez_worker.sandbox.redis_server import RedisServer
+from ringez_worker.settings import SettingsError, load_settings
 from ringez_worker.worker.envelope import delivery_id
 from ringez_worker.worker.receiver import create_app
-
-from ringez_worker.redis_url import parse_sentinel_url, url_password
-from ringez_worker.settings import SettingsError, load_settings
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
 
 MASTER = "ringez"

@@ -111,10 +111,10 @@ def receiver_delivery(body: bytes) -> str:
 
 async def test_the_worker_outlives_a_redis_restart():
     from redis.asyncio import Redis
-    from ringez_worker.sandbox.redis_server import RedisServer
-    from ringez_worker.worker.queue import EventQueue
 
     from ringez_worker.keys import Keys
+    from ringez_worker.sandbox.redis_server import RedisServer
+    from ringez_worker.worker.queue import EventQueue
 
     server = RedisServer(appendonly=True).start()
     proc = Proc("worker", env=worker_env(server.url))

@@ -22,18 +22,18 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.utils import timestamp_ms
 from arq.worker import func
 from redis.exceptions import NoScriptError
+
 from ringez_worker.agents import AgentSettings, build_agents
+from ringez_worker.api import RingezClient
 from ringez_worker.handlers.loading import load_router
 from ringez_worker.handlers.router import Router
-from ringez_worker.worker.dispatch import Dispatcher
-from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
-from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
-
-from ringez_worker.api import RingezClient
 from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.redis_conn import arq_redis_settings
 from ringez_worker.settings import Settings, load_settings
+from ringez_worker.worker.dispatch import Dispatcher
+from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
+from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
 
 log = get_logger("ringez.worker")
 

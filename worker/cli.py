@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
-from ringez_worker.handlers.loading import HandlerLoadError
 
+from ringez_worker.handlers.loading import HandlerLoadError
 from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.settings import Settings, SettingsError, load_settings, require
 
@@ -42,6 +42,7 @@ def _setup(settings: Settings, fmt: str | None = None) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
+
     from ringez_worker.worker.receiver import create_app
 
     require(settings, "ringez_webhook_secret")
@@ -63,6 +64,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from ringez_worker.worker.app import create_worker
 
     _setup(settings)
@@ -165,10 +167,9 @@ def _ms(value: int | None) -> str:
 
 
 async def _failed(settings: Settings, args: argparse.Namespace) -> int:
-    from ringez_worker.worker import failed
-
     from ringez_worker.keys import Keys
     from ringez_worker.redis_conn import redis_from_settings
+    from ringez_worker.worker import failed
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     ttl_ms = settings.handler_state_ttl_seconds * 1000
@@ -224,10 +225,9 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings) -> int:
-    from ringez_worker.worker.metrics import queue_stats
-
     from ringez_worker.keys import Keys
     from ringez_worker.redis_conn import redis_from_settings
+    from ringez_worker.worker.metrics import queue_stats
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     redis = redis_from_settings(settings)

@@ -14,15 +14,15 @@ import orjson
 from arq import Retry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
 from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
-from ringez_worker.worker.metrics import WorkerMetrics
-from ringez_worker.worker.queue import REPLAY_PENDING
-
 from ringez_worker.keys import Keys
 from ringez_worker.logs import Redactor, get_logger
 from ringez_worker.settings import Settings
+from ringez_worker.worker.metrics import WorkerMetrics
+from ringez_worker.worker.queue import REPLAY_PENDING
 
 log = get_logger("ringez.dispatch")
 

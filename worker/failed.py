@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from ringez_worker.worker.queue import REPLAY_PENDING, enqueue_replay
 
 from ringez_worker.keys import Keys
+from ringez_worker.worker.queue import REPLAY_PENDING, enqueue_replay
 
 
 async def list_failed(redis: Redis, keys: Keys) -> list[dict[str, Any]]:

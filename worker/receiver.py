@@ -10,17 +10,17 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from ringez_worker.handlers.events import EVENT_NAMES
-from ringez_worker.worker import envelope
-from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
-from ringez_worker.worker.queue import EventQueue
 from structlog.typing import FilteringBoundLogger
 
 from ringez_worker import signature
+from ringez_worker.handlers.events import EVENT_NAMES
 from ringez_worker.keys import Keys
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
+from ringez_worker.worker import envelope
+from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
+from ringez_worker.worker.queue import EventQueue
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)

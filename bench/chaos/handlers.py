@@ -26,7 +26,6 @@ import os
 import time
 
 from ringez_worker.handlers import Context, Event, Router
-
 from ringez_worker.keys import Keys
 
 PREFIX = "chaos"

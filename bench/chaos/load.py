@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from ringez_worker import signature
 from ringez_worker.sandbox import ANSWERS, Sandbox
 from ringez_worker.sandbox.models import iso
 from ringez_worker.sandbox.scenarios import ANGRY_LINES, CALM_LINES
 from ringez_worker.worker.cli import build_event
-
-from ringez_worker import signature
 
 CALLER = "+15005550000"
 INTERIM = "Hi, I'm calling to check on the"

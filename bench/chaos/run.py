@@ -23,7 +23,13 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from bench.chaos import handlers as chaos_handlers
+from bench.chaos.load import Load, Pacer, Script, SendDeadline, Sender, plan
+from bench.chaos.procs import ROOT, Child, RedisProc
+from bench.chaos.report import ChaosResult, EffectRun, explain_rerun
 from ringez_worker.agents import AgentSettings
+from ringez_worker.keys import Keys
 from ringez_worker.sandbox import (
     REQUEST_LOG,
     FaultConfig,
@@ -32,14 +38,8 @@ from ringez_worker.sandbox import (
     start_sandbox,
 )
 from ringez_worker.sandbox.redis_server import free_port
-from ringez_worker.worker.app import build_router
-
-from bench.chaos import handlers as chaos_handlers
-from bench.chaos.load import Load, Pacer, Script, SendDeadline, Sender, plan
-from bench.chaos.procs import ROOT, Child, RedisProc
-from bench.chaos.report import ChaosResult, EffectRun, explain_rerun
-from ringez_worker.keys import Keys
 from ringez_worker.settings import load_settings
+from ringez_worker.worker.app import build_router
 
 SECRET = "whsec_chaos"
 API_KEY = "sk_test_chaos"
