@@ -6,7 +6,7 @@ if __name__ != "ringez_worker.handlers":  # the folder maps into the namespace (
         "ringez_worker.handlers, and a second name would load a second copy of its modules"
     )
 
-from ringez_worker.handlers.context import Context, Superseded
+from ringez_worker.handlers.context import Context, RingezNotConfigured, Superseded
 from ringez_worker.handlers.events import (
     BalanceLow,
     CallAnswered,
@@ -31,6 +31,7 @@ __all__ = [
     "Context",
     "Event",
     "Handler",
+    "RingezNotConfigured",
     "Router",
     "Superseded",
     "TranscriptionUpdated",

@@ -193,7 +193,7 @@ async def test_two_handlers_of_one_delivery_escalating_at_once_transfer_once(
             redis=redis_client,
             settings=stack.settings,
             log=get_logger("test"),
-            ringez=ringez,
+            client=ringez,
         )
         agent = escalation.EscalationAgent(AgentSettings(_env_file=None))
         try:

@@ -7,7 +7,15 @@ import textwrap
 
 import pytest
 
-from ringez_worker.handlers import ANY, CallCompleted, Event, Router, parse_event
+from ringez_worker.handlers import (
+    ANY,
+    CallCompleted,
+    Context,
+    Event,
+    RingezNotConfigured,
+    Router,
+    parse_event,
+)
 from ringez_worker.handlers.events import InvalidEvent
 from ringez_worker.handlers.loading import HandlerLoadError, load_router
 
@@ -109,3 +117,11 @@ def test_load_router_from_an_entry_point(tmp_path, monkeypatch):
         "acme.failed@call.failed",
         "acme_handlers.greet@call.answered",
     ]
+
+
+def test_a_context_without_an_api_client_says_which_setting_is_missing():
+    ctx = Context(delivery_id="d", redis=None, settings=None, log=None)  # type: ignore[arg-type]
+    assert not ctx.has_ringez
+    with pytest.raises(RingezNotConfigured, match="RINGEZ_API_KEY") as caught:
+        _ = ctx.ringez
+    assert caught.value.retryable is False  # the dispatcher sends it straight to the record

@@ -117,7 +117,7 @@ class Dispatcher:
             redis=self.redis,
             settings=self.settings,
             log=bound,
-            ringez=self.ringez,
+            client=self.ringez,
             job_try=job_try,
         )
         results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
