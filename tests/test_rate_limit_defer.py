@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from ringez_worker.api import RateLimited, RateLimitWaitExceeded, RedisRateLimiter, RingezClient
+from ringez_worker.api import RateLimitWaitExceeded, RingezClient
 from ringez_worker.api.ratelimit import api_key_fingerprint
 from ringez_worker.sandbox import REQUEST_LOG
 from ringez_worker.sandbox.config import FaultConfig
@@ -127,32 +127,3 @@ async def test_deferrals_use_no_tries_until_the_max_defer_lands_in_the_failed_re
 
 async def queue_gone(redis_client: Redis, queue: str, job_id: str) -> bool:
     return await redis_client.zscore(queue, job_id) is None
-
-
-async def test_a_short_retry_after_still_pauses_other_clients(redis_url, redis_client):
-    # A 429 the transport could sleep through itself (under 30 s) pauses the account too.
-    async with agent_stack(redis_url) as stack:
-        stack.sandbox.sandbox.faults.configure(
-            FaultConfig(fail_next=[429], retry_after_seconds=2, path_prefix="/api/v1/wallet")
-        )
-        session = stack.sandbox.sandbox.state.create_session(initial_minutes=100)
-        first, other = (one_try_client(stack, redis_client) for _ in range(2))
-        try:
-            with pytest.raises(RateLimited):
-                await first.wallet.balance(session.session_id)
-            with pytest.raises(RateLimitWaitExceeded) as held:
-                await other.wallet.balance(session.session_id)
-        finally:
-            await first.aclose()
-            await other.aclose()
-        assert 0 < held.value.retry_after <= 2
-        assert len(api_requests(stack)) == 1
-
-
-def one_try_client(stack, redis: Redis) -> RingezClient:
-    """A client that neither retries nor waits for the shared limiter."""
-    key = stack.settings.ringez_api_key
-    limiter = RedisRateLimiter.for_api_key(redis, key, max_wait=0)
-    return RingezClient(
-        stack.settings.ringez_api_url, key, "test", max_attempts=1, rate_limiter=limiter
-    )
