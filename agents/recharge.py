@@ -201,7 +201,10 @@ class RechargeAgent:
     def _same_episode(self, event: BalanceLow, ctx: Context, last: _LastCharge) -> bool:
         """True when `event` was emitted before the last charge (allowing for clock skew
         between Ringez and this worker): the charge already answered it."""
-        return event.timestamp.timestamp() < last.at + ctx.settings.clock_skew_seconds
+        stamp = event.timestamp
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)  # as the receiver reads naive timestamps
+        return stamp.timestamp() < last.at + ctx.settings.clock_skew_seconds
 
     def _settled_minutes(self, ctx: Context, read: float | None, last: _LastCharge) -> float | None:
         """The balance to believe: within the settle time a read below the charge's own
