@@ -10,16 +10,19 @@ import time
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from ringez_worker.api import RateLimitWaitExceeded, RingezClient
+from ringez_worker.api import RateLimited, RateLimitWaitExceeded, RingezClient
 from ringez_worker.api.ratelimit import api_key_fingerprint
+from ringez_worker.handlers import Router
 from ringez_worker.sandbox import REQUEST_LOG
 from ringez_worker.sandbox.config import FaultConfig
 from ringez_worker.worker.cli import post_webhook
 from ringez_worker.worker.envelope import delivery_id
+from ringez_worker.worker.receiver import create_app
 from tests.agent_stack import agent_stack
-from tests.conftest import wait_for
+from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
 from tests.test_agents import _segment_on_a_live_call, low_balance_event
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,9 +38,12 @@ def api_requests(stack) -> list[dict]:
     return [e for e in stack.sandbox.app[REQUEST_LOG] if e["path"].startswith("/api/v1/")]
 
 
-async def deferred_about(redis: Redis, stack, job_id: str, seconds: float) -> bool:
-    """The job is back in the queue, due about `seconds` from now (not before)."""
-    score = await redis.zscore(stack.settings.queue_name, job_id)
+async def deferred_about(redis: Redis, where, job_id: str, seconds: float) -> bool:
+    """The job is back in the queue, due about `seconds` from now (not before).
+
+    `where`: the stack, or the settings, whose queue to look in."""
+    queue = getattr(where, "settings", where).queue_name
+    score = await redis.zscore(queue, job_id)
     now_ms = time.time() * 1000
     return score is not None and now_ms + (seconds - 60) * 1000 < score <= now_ms + seconds * 1000
 
@@ -127,3 +133,52 @@ async def test_deferrals_use_no_tries_until_the_max_defer_lands_in_the_failed_re
 
 async def queue_gone(redis_client: Redis, queue: str, job_id: str) -> bool:
     return await redis_client.zscore(queue, job_id) is None
+
+
+async def test_a_deferred_job_keeps_its_tries_and_reruns_only_the_limited_handler(
+    redis_url, redis_client
+):
+    # One handler succeeds on the first run; its sibling is rate-limited twice, then
+    # fails once for an ordinary reason, then succeeds. With two tries allowed that only
+    # works if the deferrals used none, and the sibling must never run again.
+    settings = make_settings(redis_url, job_max_tries=2)
+    router = Router()
+
+    @router.on("call.completed", name="ok")
+    async def ok(event, ctx) -> None:
+        await ctx.redis.incr("t:ok")
+
+    @router.on("call.completed", name="limited")
+    async def limited(event, ctx) -> None:
+        run = await ctx.redis.incr("t:limited")
+        if run <= 2:
+            raise RateLimited("429 from GET /x", retry_after=HOUR, status=429)
+        if run == 3:
+            raise ValueError("an ordinary failure, retried with backoff")
+
+    body = event_body("call.completed", duration=5)
+    did = delivery_id(body)
+    async with running_worker(settings, router):
+        client = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        try:
+            resp = await client.post("/webhooks/ringez", data=body, headers=signed_headers(body))
+            assert resp.status == 202
+        finally:
+            await client.close()
+        for n in (1, 2):
+
+            async def deferred(n: int = n) -> bool:
+                count = await redis_client.hget(f"rz:deferrals:{did}", "count")
+                return int(count or 0) == n and await deferred_about(
+                    redis_client, settings, did, HOUR
+                )
+
+            await wait_for(deferred, what=f"deferral {n}")
+            await redis_client.zadd(settings.queue_name, {did: int(time.time() * 1000)})
+        await wait_for(
+            lambda: queue_gone(redis_client, settings.queue_name, did), what="the job to end"
+        )
+    assert int(await redis_client.get("t:limited")) == 4
+    assert int(await redis_client.get("t:ok")) == 1
+    assert not await redis_client.hexists("rz:failed", did)
