@@ -59,6 +59,16 @@ class _LastCharge:
         return {"at": repr(self.at), "minutes": minutes, "key": self.key}
 
 
+# KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl. The pending key of
+# the current episode, written only by the lock's holder; nil if we no longer hold it.
+_PENDING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local key = ARGV[2] .. (redis.call('GET', KEYS[3]) or '0')
+redis.call('SET', KEYS[2], key, 'EX', ARGV[3])
+return key
+"""
+
+
 class LockBusy(Exception):
     """Another worker holds this session's recharge lock for too long; try again later."""
 
@@ -145,9 +155,7 @@ class RechargeAgent:
                     minutes=minutes,
                 )
                 return
-            episode = int(await ctx.redis.get(keys["episode"]) or 0)
-            idempotency_key = f"recharge:{session_id}:{episode}"
-            await ctx.redis.set(keys["pending"], idempotency_key, ex=7 * 24 * 3600)
+            idempotency_key = await self._write_pending(ctx, keys, session_id)
         else:
             idempotency_key = pending.decode()
 
@@ -197,6 +205,26 @@ class RechargeAgent:
             currency=cfg.recharge_currency,
             idempotency_key=idempotency_key,
         )
+
+    async def _write_pending(self, ctx: Context, keys: dict[str, str], session_id: str) -> str:
+        """Write this episode's idempotency key down, only while we still hold the lock.
+
+        The lock can expire under a long wait (the shared rate limiter may hold a request
+        up to a minute): another worker may have charged and closed the episode meanwhile,
+        and a key made from the next episode number would charge again."""
+        key = await ctx.redis.eval(
+            _PENDING,
+            3,
+            keys["lock"],
+            keys["pending"],
+            keys["episode"],
+            ctx.delivery_id,
+            f"recharge:{session_id}:",
+            7 * 24 * 3600,
+        )
+        if key is None:
+            raise LockBusy(f"lost the recharge lock for {session_id} before charging")
+        return key.decode() if isinstance(key, bytes) else key
 
     def _same_episode(self, event: BalanceLow, ctx: Context, last: _LastCharge) -> bool:
         """True when `event` was emitted before the last charge (allowing for clock skew
