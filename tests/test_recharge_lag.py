@@ -8,8 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.recharge import LockBusy, RechargeAgent
+from ringez_worker.handlers import Context
+from ringez_worker.logs import get_logger
 from ringez_worker.sandbox.config import FaultConfig
 from ringez_worker.worker.cli import build_event, post_webhook
+from ringez_worker.worker.envelope import delivery_id
 from tests.agent_stack import agent_stack
 from tests.test_agents import drained
 
@@ -93,3 +98,30 @@ async def stack_drained(redis_client, stack) -> None:
     from tests.conftest import wait_for
 
     await wait_for(drained(redis_client, stack.settings), what="every balance.low handled")
+
+
+async def test_a_worker_that_lost_the_lock_writes_no_episode_key(redis_url, redis_client):
+    # Its lock expired while it waited (for the rate limiter, say) and another worker
+    # holds it now: it must not write a key for the episode, nor charge.
+    async with agent_stack(redis_url) as stack:
+        session = stack.sandbox.sandbox.state.create_session(initial_minutes=2)
+        body = balance_low(session.session_id, 0, datetime.now(UTC))
+        ctx = Context(
+            delivery_id=delivery_id(body),
+            redis=redis_client,
+            settings=stack.settings,
+            log=get_logger("test"),
+            ringez=None,
+        )
+        agent = RechargeAgent(AgentSettings(_env_file=None))
+        keys = agent._keys("rz", session.session_id)
+        await redis_client.set(keys["lock"], "another-delivery", px=30_000)
+        with pytest.raises(LockBusy):
+            await agent._write_pending(ctx, keys, session.session_id)
+        assert await redis_client.exists(keys["pending"]) == 0
+        # Holding it, the key is the current episode's.
+        await redis_client.set(keys["lock"], ctx.delivery_id, px=30_000)
+        await redis_client.set(keys["episode"], 4)
+        key = await agent._write_pending(ctx, keys, session.session_id)
+        assert key == f"recharge:{session.session_id}:4"
+        assert await redis_client.get(keys["pending"]) == key.encode()
