@@ -1,9 +1,10 @@
 """A small chaos run in CI: 300 events through the real receiver and two worker processes
 on a real Redis, workers SIGKILLed every two seconds, Redis SIGKILLed and restarted once,
 completion-record writes refused for two seconds (ACL), Redis full for two seconds
-(maxmemory under what it holds), 20% of API calls answering 503 and 5% 429. Nothing acknowledged may be lost, no handler
-may run again after its recorded success, no call transferred twice, no episode charged
-twice. The full run is `python -m bench.chaos` (bench/chaos/__init__.py)."""
+(maxmemory under what it holds), 20% of API calls answering 503 and 5% 429. Nothing
+acknowledged may be lost, no handler may run again after its recorded success, no call
+transferred twice, no episode charged twice. The full run is `python -m bench.chaos`
+(bench/chaos/__init__.py)."""
 
 from __future__ import annotations
 
