@@ -21,7 +21,9 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import func
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ringez_worker.agents import AgentSettings, build_agents
 from ringez_worker.api import RingezClient
@@ -31,11 +33,15 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.redis_conn import arq_redis_settings
 from ringez_worker.settings import Settings, load_settings
-from ringez_worker.worker.dispatch import Dispatcher
+from ringez_worker.worker.dispatch import Dispatcher, backoff_seconds
 from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
 from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
 
 log = get_logger("ringez.worker")
+
+# Longest wait between tries while Redis refuses the claim (full, read-only): short, so
+# the backlog drains within seconds of memory being freed.
+_REFUSED_BACKOFF_CAP_S = 5.0
 
 
 async def handle_event(
@@ -217,43 +223,47 @@ class RingezWorker(Worker):
         presence_key: str,
         idle_poll: float = 0.5,
         lease: float = 15.0,
+        presence_ttl: float = 20.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self._presence_key = presence_key
-        self._presence_at = 0.0
+        self._presence_ttl_ms = int(presence_ttl * 1000)
         self._lease_ms = int(lease * 1000)
         self._lease_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wake_channel = wake_channel
         self._idle_poll = max(idle_poll, 0.01)
         self._refill = max(1, self.max_jobs // 4)
         self._listener: asyncio.Task[None] | None = None
         self._claim_sha: str | None = None
+        self._refusals = 0
         # arq's loop sleeps poll_delay between iterations; the wait happens in _poll_iteration.
         self.poll_delay_s = 0
 
     async def _poll_iteration(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen())
-        if self._lease_task is None or self._lease_task.done():
-            self._lease_task = asyncio.create_task(self._renew_leases())
+        self._ensure_tasks()
         self._wake.clear()
         free = self.max_jobs - self.job_counter
         backlog = False
-        if self.allow_pick_jobs and free > 0:
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=free
-            )
-            if job_ids:
-                await self._claim_and_start(job_ids)
-            backlog = len(job_ids) == free
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()  # surfaces errors in run_job, as arq does
-        await self.heart_beat()
-        await self._presence()
+        try:
+            if self.allow_pick_jobs and free > 0:
+                job_ids = await self.pool.zrangebyscore(
+                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=free
+                )
+                if job_ids:
+                    await self._claim_and_start(job_ids)
+                backlog = len(job_ids) == free
+        except (RedisConnectionError, RedisTimeoutError):
+            raise  # Redis is gone: arq exits and `ringez-worker worker` restarts it
+        except RedisError as exc:
+            # Redis answers but refuses (a full Redis under noeviction, READONLY after a
+            # failover): wait here and try again, rather than exit and crash-loop.
+            await self._back_off(exc)
+            return
+        self._refusals = 0
+        self._reap()
         if backlog:
             # More is queued than we could take: poll again once a batch of slots is free.
             while self.max_jobs - self.job_counter < self._refill and self.allow_pick_jobs:
@@ -261,6 +271,44 @@ class RingezWorker(Worker):
                 self._wake.clear()
         else:
             await self._wait_for_wake()
+
+    def _ensure_tasks(self) -> None:
+        # Heartbeat, lease renewal and the wake listener run beside the poll loop, so a
+        # worker with every slot busy still reports itself alive and keeps its leases.
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.create_task(self._renew_leases())
+        if self._beat_task is None or self._beat_task.done():
+            self._beat_task = asyncio.create_task(self._beat())
+
+    def _reap(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if not task.done():
+                continue
+            del self.tasks[job_id]
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, (RedisError, OSError)):
+                # arq's own bookkeeping for the job failed (a refused write, a lost
+                # connection): the job stays queued and claimed, so once its lease runs out
+                # it runs again; the worker itself carries on.
+                log.warning(
+                    "worker.job_bookkeeping_failed", job_id=job_id, error=type(exc).__name__
+                )
+                continue
+            task.result()  # surfaces other errors in run_job, as arq does
+
+    async def _back_off(self, exc: RedisError) -> None:
+        self._refusals += 1
+        delay = backoff_seconds(self._refusals, self._idle_poll, _REFUSED_BACKOFF_CAP_S)
+        log.warning(
+            "worker.redis_refused",
+            error=type(exc).__name__,
+            attempt=self._refusals,
+            retry_in_s=round(delay, 3),
+        )
+        self._reap()
+        await asyncio.sleep(delay)
 
     async def _wait_for_wake(self) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
@@ -307,6 +355,11 @@ class RingezWorker(Worker):
                 await dispatcher.abandon(
                     delivery_id, body, "worker gave up: crashed or timed out on every try", tries
                 )
+        except (RedisError, OSError) as exc:
+            # Keep the job (its lease runs out and it is tried again) rather than drop it
+            # with no record: the delete below would go through even on a full Redis.
+            log.error("worker.abandon_record_failed", job_id=job_id, error=type(exc).__name__)
+            return
         except Exception as exc:
             log.error("worker.abandon_record_failed", job_id=job_id, error=type(exc).__name__)
         await super().finish_failed_job(job_id, result_data)
@@ -326,12 +379,20 @@ class RingezWorker(Worker):
             except Exception as exc:
                 log.warning("worker.lease_renewal_failed", error=type(exc).__name__)
 
+    async def _beat(self) -> None:
+        # Every quarter of the presence TTL: a missed beat or two never lets presence lapse.
+        while True:
+            try:
+                await self.heart_beat()
+                await self._presence()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a refused or lost write; the next beat tries again
+                log.debug("worker.heartbeat_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._presence_ttl_ms / 4000)
+
     async def _presence(self) -> None:
         # `ringez-worker status` counts workers by these keys; they expire with the worker.
-        now = time.monotonic()
-        if now - self._presence_at < 5:
-            return
-        self._presence_at = now
         stats = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -340,8 +401,9 @@ class RingezWorker(Worker):
             "failed": self.jobs_failed,
             "retried": self.jobs_retried,
             "at_ms": int(time.time() * 1000),
+            "every_ms": self._presence_ttl_ms // 4,
         }
-        await self.pool.set(self._presence_key, orjson.dumps(stats), ex=20)
+        await self.pool.set(self._presence_key, orjson.dumps(stats), px=self._presence_ttl_ms)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -367,7 +429,7 @@ class RingezWorker(Worker):
         with contextlib.suppress(Exception):
             if self._pool is not None:
                 await self.pool.delete(self._presence_key)
-        for task in (self._listener, self._lease_task):
+        for task in (self._listener, self._lease_task, self._beat_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -387,6 +449,7 @@ def create_worker(
         presence_key=keys.worker(name),
         idle_poll=settings.worker_poll_delay_seconds,
         lease=settings.job_lease_seconds,
+        presence_ttl=settings.worker_presence_ttl_seconds,
         **kwargs,
     )
 

@@ -82,15 +82,55 @@ class Dispatcher:
         only: list[str] | None = None,
         received_ms: int | None = None,
     ) -> Outcome:
-        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain."""
-        payload = orjson.loads(body)
+        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain.
+
+        A Redis error anywhere on this path (the completion-record read, the failed-events
+        record, its deletion) becomes a `Retry` too: arq deletes a job that raises a plain
+        exception, and with it every sibling failure that was still owed a retry.
+        """
+        try:
+            return await self._dispatch(delivery_id, body, job_try, only, received_ms)
+        except (RedisError, OSError) as exc:
+            delay = self.backoff(job_try)
+            log.warning(
+                "dispatch.redis_error",
+                delivery_id=delivery_id,
+                error=type(exc).__name__,
+                attempt=job_try,
+                defer_s=round(delay, 3),
+            )
+            self.metrics.retries.inc()
+            # Past the last try too: the next try writes the failed-events record, and
+            # arq's own limit (two tries above ours) ends in `abandon`, which only lets
+            # the job go once that record is written.
+            raise Retry(defer=delay) from exc
+
+    def backoff(self, job_try: int) -> float:
+        """This project's retry delay after try number `job_try`."""
+        return backoff_seconds(
+            job_try, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds
+        )
+
+    async def _dispatch(
+        self,
+        delivery_id: str,
+        body: str,
+        job_try: int,
+        only: list[str] | None,
+        received_ms: int | None,
+    ) -> Outcome:
+        payload = _payload(body)
         event_name = payload.get("event", "")
+        if not isinstance(event_name, str):
+            event_name = ""
         outcome = Outcome(delivery_id=delivery_id, event=event_name)
+        data = payload.get("data")
+        data = data if isinstance(data, dict) else {}
         bound = log.bind(
             delivery_id=delivery_id,
             event_type=event_name,
-            call_id=(payload.get("data") or {}).get("call_id"),
-            session_id=(payload.get("data") or {}).get("session_id"),
+            call_id=data.get("call_id"),
+            session_id=data.get("session_id"),
         )
         if received_ms is not None:
             bound.debug("dispatch.start", queued_ms=int(time.time() * 1000) - received_ms)
@@ -135,11 +175,7 @@ class Dispatcher:
                 await self.redis.hdel(self.keys.failed, delivery_id)
             return outcome
         if retryable and job_try < self.settings.job_max_tries:
-            delay = backoff_seconds(
-                job_try,
-                self.settings.retry_backoff_seconds,
-                self.settings.retry_backoff_max_seconds,
-            )
+            delay = self.backoff(job_try)
             bound.warning(
                 "dispatch.retry",
                 failed=sorted(outcome.failed),
@@ -182,17 +218,27 @@ class Dispatcher:
             # Errors that know they are final (a 4xx from the Ringez API) say so.
             error = self._redactor.scrub(f"{type(exc).__name__}: {exc}")
             return error, bool(getattr(exc, "retryable", True))
-        # Recorded at once, so a crash after this point never runs this handler again.
-        done_key = self.keys.done(ctx.delivery_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(done_key, handler.name, int(time.time() * 1000))
-            pipe.expire(done_key, self.settings.done_record_ttl_seconds)
-            await pipe.execute()
+        try:
+            await self._mark_done(ctx.delivery_id, handler.name)
+        except (RedisError, OSError) as exc:
+            # Not recorded, so a retry runs it again (at least once, as documented); a
+            # failure of its own keeps the siblings' failures in this outcome.
+            self.metrics.handler_runs.labels(handler.name, "unrecorded").inc()
+            log_.warning("handler.completion_unrecorded", error=type(exc).__name__)
+            return f"completion record not written: {type(exc).__name__}", True
         elapsed = time.perf_counter() - started
         self.metrics.handler_runs.labels(handler.name, "ok").inc()
         self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
         log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
         return None
+
+    async def _mark_done(self, delivery_id: str, handler: str) -> None:
+        # Recorded at once, so a crash after this point never runs this handler again.
+        done_key = self.keys.done(delivery_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(done_key, handler, int(time.time() * 1000))
+            pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+            await pipe.execute()
 
     async def _done(self, delivery_id: str) -> set[str]:
         names = await self.redis.hkeys(self.keys.done(delivery_id))
@@ -208,11 +254,10 @@ class Dispatcher:
         self, delivery_id: str, body: str, failed: dict[str, str], attempts: int
     ) -> None:
         now = int(time.time() * 1000)
-        raw = await self.redis.hget(self.keys.failed, delivery_id)
-        previous = orjson.loads(raw) if raw else {}
+        previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))
         record = {
             "delivery_id": delivery_id,
-            "event": orjson.loads(body).get("event"),
+            "event": _payload(body).get("event"),
             "handlers": failed,
             "attempts": previous.get("attempts", 0) + attempts,
             "first_failed_ms": previous.get("first_failed_ms", now),
@@ -232,3 +277,27 @@ class Dispatcher:
             log.warning(
                 "dispatch.keep_done_failed", delivery_id=delivery_id, error=type(exc).__name__
             )
+
+
+def _payload(body: str) -> dict[str, Any]:
+    """The body as a JSON object; {} when it is not one (then parse_event records why)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _previous(raw: bytes | None) -> dict[str, Any]:
+    # A corrupted earlier record must not stop a new one being written over it.
+    try:
+        previous = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(previous, dict):
+        return {}
+    attempts, first = previous.get("attempts"), previous.get("first_failed_ms")
+    return {
+        "attempts": attempts if isinstance(attempts, int) else 0,
+        **({"first_failed_ms": first} if isinstance(first, int) else {}),
+    }
