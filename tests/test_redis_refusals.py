@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from ringez_worker.handlers import Context, Event, Router
-from ringez_worker.sandbox.redis_server import RedisServer
+from ringez_worker.sandbox.redis_server import RedisServer, free_port
 from ringez_worker.worker.envelope import delivery_id
 from ringez_worker.worker.receiver import create_app
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
@@ -87,5 +88,56 @@ async def test_a_refused_completion_write_retries_the_failed_sibling(full_redis)
         assert await client.hget("rz:failed", did) is None
         done = {name.decode() for name in await client.hkeys(f"rz:done:{did}")}
         assert {name.split("@")[0].split(".")[-1] for name in done} == {"flaky", "slow"}
+    finally:
+        await receiver.close()
+
+
+async def test_a_full_redis_makes_the_worker_wait_then_drain(full_redis):
+    # Before the fix the claim script's OutOfMemoryError escaped the poll loop and the
+    # worker exited (after every restart too), while both /readyz said 200.
+    server, client = full_redis
+    port = free_port()
+    settings = make_settings(server.url, worker_metrics_port=port, host="127.0.0.1")
+    runs: collections.Counter[str] = collections.Counter()
+    router = Router()
+
+    @router.on("call.completed")
+    async def count(event: Event, ctx: Context) -> None:
+        runs[event.data.call_id] += 1
+
+    receiver = TestClient(TestServer(create_app(settings)))
+    await receiver.start_server()
+    try:
+        for i in range(5):
+            assert await post(receiver, event_body(call_id=f"full{i}")) == 202
+        refused_before = await oom_errors(client)
+        await client.config_set("maxmemory", 1)
+
+        ready = await receiver.get("/readyz")
+        assert ready.status == 503
+        assert "maxmemory" in (await ready.json())["reason"]
+        assert await post(receiver, event_body(call_id="refused")) == 503
+
+        async with running_worker(settings, router), aiohttp.ClientSession() as http:
+
+            async def claims_refused() -> bool:
+                return await oom_errors(client) >= refused_before + 3
+
+            await wait_for(claims_refused, what="the worker to try, and be refused, repeatedly")
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 503
+                assert "maxmemory" in (await resp.json())["reason"]
+            assert not runs
+
+            await client.config_set("maxmemory", 0)
+
+            async def drained() -> bool:
+                return len(runs) == 5 and await client.zcard(settings.queue_name) == 0
+
+            await wait_for(drained, deadline_s=20, what="the backlog to drain by itself")
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 200
+        assert (await receiver.get("/readyz")).status == 200
+        assert set(runs.values()) == {1}
     finally:
         await receiver.close()

@@ -34,7 +34,12 @@ from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.redis_conn import arq_redis_settings
 from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.dispatch import Dispatcher, backoff_seconds
-from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
+from ringez_worker.worker.metrics import (
+    WorkerMetrics,
+    metrics_response,
+    queue_stats,
+    redis_readiness,
+)
 from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
 
 log = get_logger("ringez.worker")
@@ -92,13 +97,8 @@ async def start_worker_http(
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        try:
-            await redis.ping()
-        except Exception as exc:
-            return web.json_response(
-                {"status": "unavailable", "redis": type(exc).__name__}, status=503
-            )
-        return web.json_response({"status": "ok", "redis": "ok"})
+        status, body = await redis_readiness(redis, keys)
+        return web.json_response(body, status=status)
 
     async def scrape(request: web.Request) -> web.Response:
         try:
