@@ -31,7 +31,7 @@ from ringez_worker.handlers.loading import load_router
 from ringez_worker.handlers.router import Router
 from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
-from ringez_worker.redis_conn import arq_redis_settings
+from ringez_worker.redis_conn import arq_redis_settings, redis_from_settings
 from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.dispatch import Dispatcher, backoff_seconds
 from ringez_worker.worker.metrics import (
@@ -47,6 +47,9 @@ log = get_logger("ringez.worker")
 # Longest wait between tries while Redis refuses the claim (full, read-only): short, so
 # the backlog drains within seconds of memory being freed.
 _REFUSED_BACKOFF_CAP_S = 5.0
+# Between in-process restarts after Redis went away.
+_RESTART_BACKOFF_BASE_S = 1.0
+_RESTART_BACKOFF_CAP_S = 30.0
 
 
 async def handle_event(
@@ -130,17 +133,27 @@ async def start_worker_http(
 
 
 def worker_settings(
-    settings: Settings, *, router: Router | None = None, configure_logs: bool = False
+    settings: Settings,
+    *,
+    router: Router | None = None,
+    configure_logs: bool = False,
+    metrics: WorkerMetrics | None = None,
+    serve_http: bool = True,
 ) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
+    """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping).
+
+    `serve_http=False` when the caller owns the /healthz server (`run_restarting`), so it
+    outlives this worker; `metrics` then is the registry that server shows.
+    """
     routes = router if router is not None else build_router(settings)
+    shared_metrics = metrics
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
             configure_logging(settings.log_level, settings.log_format, settings.secret_values())
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
-        metrics = WorkerMetrics()
+        metrics = shared_metrics if shared_metrics is not None else WorkerMetrics()
         ringez = (
             RingezClient.from_settings(settings, redis=ctx["redis"])
             if settings.ringez_api_key is not None
@@ -152,7 +165,8 @@ def worker_settings(
         ctx["dispatcher"] = Dispatcher(
             routes, settings, ctx["redis"], keys=keys, metrics=metrics, ringez=ringez
         )
-        ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
+        if serve_http:
+            ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -434,14 +448,33 @@ class RingezWorker(Worker):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        await super().close()
+        # arq's close gathers the job tasks and stops at the first one that raised.
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        try:
+            await super().close()
+        except (RedisError, OSError):
+            # Redis is gone: arq's close stopped at deleting its health key, before
+            # on_shutdown and the pool; finish both so a restart leaks nothing.
+            with contextlib.suppress(Exception):
+                if self.on_shutdown:
+                    await self.on_shutdown(self.ctx)
+            with contextlib.suppress(Exception):
+                await self.pool.close(close_connection_pool=True)
+            self._pool = None
 
 
 def create_worker(
-    settings: Settings, *, router: Router | None = None, **overrides: Any
+    settings: Settings,
+    *,
+    router: Router | None = None,
+    metrics: WorkerMetrics | None = None,
+    serve_http: bool = True,
+    **overrides: Any,
 ) -> RingezWorker:
     """A RingezWorker for `settings`; `overrides` go to arq.Worker (tests use `burst`)."""
-    kwargs = {**worker_settings(settings, router=router), **overrides}
+    base = worker_settings(settings, router=router, metrics=metrics, serve_http=serve_http)
+    kwargs = {**base, **overrides}
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     name = f"{socket.gethostname()}:{os.getpid()}:{id(kwargs):x}"
     return RingezWorker(
@@ -452,6 +485,63 @@ def create_worker(
         presence_ttl=settings.worker_presence_ttl_seconds,
         **kwargs,
     )
+
+
+async def run_restarting(settings: Settings, *, router: Router | None = None) -> int:
+    """Run workers one after another on this loop until a signal stops one.
+
+    arq exits when Redis goes away; each exit starts a fresh worker after a backoff. The
+    /healthz, /readyz, /metrics server and its Redis client belong to this loop, not to
+    a worker, so the probes keep answering (readyz: 503) through an outage and after it.
+    """
+    routes = router if router is not None else build_router(settings)
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    metrics = WorkerMetrics()
+    probe_redis = redis_from_settings(settings)
+    http = await start_worker_http(settings, probe_redis, keys, metrics)
+    failures = 0
+    try:
+        while True:
+            worker = create_worker(settings, router=routes, metrics=metrics, serve_http=False)
+            started = time.monotonic()
+            try:
+                await worker.async_run()
+                return 0
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this loop itself is being cancelled
+                return 0  # arq's signal handler cancelled the worker: a normal stop
+            except (RedisError, OSError) as exc:
+                # A worker that ran a while starts the backoff over.
+                failures = 1 if time.monotonic() - started > 30 else failures + 1
+                delay = backoff_seconds(failures, _RESTART_BACKOFF_BASE_S, _RESTART_BACKOFF_CAP_S)
+                log.warning("worker.redis_lost", error=type(exc).__name__, restart_in_s=delay)
+            finally:
+                await worker.close()
+            if await _stopped_within(delay):
+                return 0
+    finally:
+        if http is not None:
+            await http.cleanup()
+        await probe_redis.aclose()
+
+
+async def _stopped_within(seconds: float) -> bool:
+    """Wait `seconds`; True if SIGTERM or SIGINT came meanwhile (no worker owns them now)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return True
 
 
 def __getattr__(name: str) -> Any:

@@ -62,28 +62,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.app import run_restarting
 
     _setup(settings)
     _use_uvloop()
-    delay = 1.0
-    while True:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        worker = create_worker(settings)
-        started = time.monotonic()
-        try:
-            worker.run()
-            return 0
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            # arq exits when Redis goes away; a worker that restarts itself keeps draining.
-            delay = 1.0 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
-            log.warning("worker.redis_lost", error=type(exc).__name__, restart_in_s=delay)
-            time.sleep(delay)
-        except KeyboardInterrupt:
-            return 0
+    try:
+        return asyncio.run(run_restarting(settings))
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
