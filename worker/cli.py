@@ -226,23 +226,40 @@ async def _status(settings: Settings) -> int:
                 workers.append(orjson.loads(raw))
     finally:
         await redis.aclose()
+    now_ms = time.time() * 1000
+    live = [w for w in workers if not _stale(w, now_ms)]
+    stale = [w for w in workers if _stale(w, now_ms)]
+    newest = max((now_ms - w["at_ms"] for w in live), default=0.0) / 1000
+    alive = str(len(live)) + (f" ({len(stale)} stale, not counted)" if stale else "")
     rows = [
         ("queue", settings.queue_name),
         ("queued jobs", str(stats["depth"])),
         ("oldest due job", f"{stats['oldest_age_s']:.1f} s"),
-        ("workers alive", str(len(workers))),
-        ("jobs running", str(sum(w["running"] for w in workers))),
+        ("workers alive", alive),
+        (
+            "jobs running",
+            f"{sum(w['running'] for w in live)} (as reported {newest:.1f} s ago at most)",
+        ),
         ("failed events", str(stats["failed"])),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     for w in sorted(workers, key=lambda w: (w["host"], w["pid"])):
+        seen = (now_ms - w["at_ms"]) / 1000
+        state = "STALE, killed or stuck? " if _stale(w, now_ms) else ""
         print(
-            f"  worker {w['host']}:{w['pid']}  running={w['running']} complete={w['complete']} "
-            f"failed={w['failed']} retried={w['retried']}"
+            f"  worker {w['host']}:{w['pid']}  {state}seen {seen:.1f} s ago  "
+            f"running={w['running']} complete={w['complete']} failed={w['failed']} "
+            f"retried={w['retried']}"
         )
     return 0
+
+
+def _stale(worker: dict, now_ms: float) -> bool:
+    # A live worker rewrites its record every `every_ms` (busy or not); one that missed two
+    # beats was most likely killed, though its record has not expired yet.
+    return now_ms - worker["at_ms"] > 2 * worker.get("every_ms", 5000)
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
