@@ -85,3 +85,35 @@ async def test_status_marks_a_killed_workers_record_stale(redis_url, redis_clien
 
     await wait_for(reported_stale, deadline_s=10, interval=0.1, what="status to say stale")
     assert await presence(redis_client), "the record had expired: the test proved nothing"
+
+
+async def test_a_free_slot_takes_a_new_job_behind_running_ones(receiver, redis_url):
+    # A running job stays in the queue's sorted set. The poll asked Redis for as many due
+    # jobs as it had free slots, oldest first, so with one slot free it was handed the
+    # job it was already running, claimed nothing, and polled again at once: newer jobs
+    # waited for the long one to end while the loop spun.
+    settings = make_settings(redis_url, worker_max_jobs=2)
+    ran: list[str] = []
+    release = asyncio.Event()
+    router = Router()
+
+    @router.on("call.completed")
+    async def work(event: Event, ctx: Context) -> None:
+        ran.append(event.data.call_id)
+        if event.data.call_id == "long":
+            await release.wait()
+
+    async def send(call_id: str) -> None:
+        body = event_body(call_id=call_id)
+        assert (await receiver.post(PATH, data=body, headers=signed_headers(body))).status == 202
+
+    async with running_worker(settings, router):
+        try:
+            await send("long")
+            await wait_for(lambda: "long" in ran, what="the long job to start")
+            await send("short")
+            await wait_for(lambda: "short" in ran, what="the second slot to take a job")
+            await send("later")
+            await wait_for(lambda: "later" in ran, what="the freed slot to take the next job")
+        finally:
+            release.set()

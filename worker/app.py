@@ -202,20 +202,30 @@ def worker_settings(
     }
 
 
+# KEYS: the queue, the in-progress key prefix. ARGV: now ms, lease ms, how many to claim,
+# how many due entries to look at at most. Running jobs stay in the queue's sorted set
+# (arq removes a job when it ends), so the oldest due entries are often jobs already
+# claimed, by this worker or others: skip them and look further, in pages.
 _CLAIM = """
-local now = tonumber(ARGV[1])
+local want = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
 local claimed = {}
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  local key = KEYS[2] .. id
-  if redis.call('EXISTS', key) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
+local n, offset = 0, 0
+while n < want and offset < limit do
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+    'LIMIT', offset, want)
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local key = KEYS[2] .. page[i]
+    if redis.call('EXISTS', key) == 0 then
       redis.call('PSETEX', key, ARGV[2], '1')
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = score
+      claimed[#claimed + 1] = page[i]
+      claimed[#claimed + 1] = page[i + 1]
+      n = n + 1
+      if n == want then break end
     end
   end
+  offset = offset + #page / 2
 end
 return claimed
 """
@@ -252,6 +262,9 @@ class RingezWorker(Worker):
         self._refill = max(1, self.max_jobs // 4)
         self._listener: asyncio.Task[None] | None = None
         self._claim_sha: str | None = None
+        # How many already-claimed jobs a claim may step over: all workers' running jobs
+        # sit at the head of the queue (ten workers like this one).
+        self._claim_scan = max(1000, 10 * self.max_jobs)
         self._refusals = 0
         # arq's loop sleeps poll_delay between iterations; the wait happens in _poll_iteration.
         self.poll_delay_s = 0
@@ -263,12 +276,8 @@ class RingezWorker(Worker):
         backlog = False
         try:
             if self.allow_pick_jobs and free > 0:
-                job_ids = await self.pool.zrangebyscore(
-                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=free
-                )
-                if job_ids:
-                    await self._claim_and_start(job_ids)
-                backlog = len(job_ids) == free
+                # Every slot filled: more may be queued. Fewer: nothing else is due.
+                backlog = await self._claim_and_start(free) == free
         except (RedisConnectionError, RedisTimeoutError):
             raise  # Redis is gone: arq exits and `ringez-worker worker` restarts it
         except RedisError as exc:
@@ -331,10 +340,11 @@ class RingezWorker(Worker):
             async with asyncio.timeout(self._idle_poll):
                 await self._wake.wait()
 
-    async def _claim_and_start(self, job_ids: list[bytes]) -> None:
+    async def _claim_and_start(self, free: int) -> int:
+        """Claim up to `free` due, unclaimed jobs in one call and start them; how many."""
         # A short lease, renewed while the job runs, instead of arq's job_timeout + 10 s:
         # a killed worker's jobs are picked up by others after one lease, not minutes.
-        args = [timestamp_ms(), self._lease_ms, *job_ids]
+        args = [timestamp_ms(), self._lease_ms, free, free + self._claim_scan]
         keys = [self.queue_name, in_progress_key_prefix]
         if self._claim_sha is None:
             self._claim_sha = await self.pool.script_load(_CLAIM)
@@ -350,6 +360,7 @@ class RingezWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        return len(claimed) // 2
 
     def handle_sig_wait_for_completion(self, signum: Any) -> None:
         # arq stops taking jobs and waits up to job_completion_wait for running ones.
