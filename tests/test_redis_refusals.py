@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 import aiohttp
 import pytest
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 
 from ringez_worker.handlers import Context, Event, Router
 from ringez_worker.sandbox.redis_server import RedisServer, free_port
+from ringez_worker.worker.app import create_worker
 from ringez_worker.worker.envelope import delivery_id
 from ringez_worker.worker.receiver import create_app
 from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
@@ -141,3 +143,61 @@ async def test_a_full_redis_makes_the_worker_wait_then_drain(full_redis):
         assert set(runs.values()) == {1}
     finally:
         await receiver.close()
+
+
+async def test_redis_gone_mid_dispatch_still_retries_the_failed_sibling():
+    # Redis stops while a handler runs: its completion write and arq's own bookkeeping
+    # both fail, the worker exits (as arq does), and a new worker must run the delivery
+    # again once Redis is back: the failed sibling retried, nothing lost. (On main this
+    # form survived by luck, arq's cleanup failing too; the refused write above is the
+    # one that dropped the job.)
+    server = RedisServer(appendonly=True).start()
+    settings = make_settings(server.url, job_lease_seconds=0.3, redis_timeout_seconds=0.5)
+    runs: collections.Counter[str] = collections.Counter()
+    slow_started = asyncio.Event()
+    release = asyncio.Event()
+    router = Router()
+
+    @router.on("call.completed")
+    async def flaky(event: Event, ctx: Context) -> None:
+        runs["flaky"] += 1
+        if runs["flaky"] == 1:
+            raise RuntimeError("downstream is down")
+
+    @router.on("call.completed")
+    async def slow(event: Event, ctx: Context) -> None:
+        runs["slow"] += 1
+        slow_started.set()
+        if runs["slow"] == 1:
+            await release.wait()
+
+    receiver = TestClient(TestServer(create_app(settings)))
+    await receiver.start_server()
+    client = Redis.from_url(server.url)
+    first = create_worker(settings, router=router, handle_signals=False)
+    first_task = asyncio.create_task(first.main())
+    try:
+        assert await post(receiver, event_body()) == 202
+        await wait_for(slow_started.is_set, what="the slow handler to start")
+        await wait_for(lambda: runs["flaky"] == 1, what="the flaky handler to fail")
+        server.stop()  # SIGTERM: the AOF keeps the queued job
+        release.set()
+        await wait_for(first_task.done, deadline_s=20, what="the worker to lose Redis")
+        with contextlib.suppress(Exception):
+            await first.close()
+        server.start()
+
+        async with running_worker(settings, router):
+
+            async def finished() -> bool:
+                return runs["flaky"] >= 2 and await client.zcard(settings.queue_name) == 0
+
+            await wait_for(finished, deadline_s=30, what="the delivery to finish after Redis")
+        assert await client.hlen("rz:failed") == 0
+    finally:
+        first_task.cancel()
+        with contextlib.suppress(BaseException):
+            await first_task
+        await client.aclose()
+        await receiver.close()
+        server.cleanup()

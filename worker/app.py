@@ -471,7 +471,7 @@ class RingezWorker(Worker):
                 if self.on_shutdown:
                     await self.on_shutdown(self.ctx)
             with contextlib.suppress(Exception):
-                await self.pool.close(close_connection_pool=True)
+                await self.pool.aclose(close_connection_pool=True)
             self._pool = None
 
 
