@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # a retry): kept this long while all goes well, HANDLER_STATE_TTL_SECONDS once the
     # delivery is retried or fails (so a replay still skips what succeeded).
     done_record_ttl_seconds: int = Field(3600, ge=60)
+    # A worker's presence record (`ringez-worker status`) lives this long, refreshed every
+    # quarter of it whether or not the worker has a free slot.
+    worker_presence_ttl_seconds: float = Field(20.0, ge=0.4)
     # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
 

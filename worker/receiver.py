@@ -19,7 +19,7 @@ from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
 from ringez_worker.worker import envelope
-from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
+from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response, redis_readiness
 from ringez_worker.worker.queue import EventQueue
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -152,12 +152,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take webhooks: Redis answers."""
-    try:
-        await request.app[REDIS].ping()
-    except (RedisError, OSError) as exc:
-        return _json(503, {"status": "unavailable", "redis": type(exc).__name__})
-    return _json(200, {"status": "ok", "redis": "ok"})
+    """Ready to take webhooks: Redis takes writes (a full Redis answers PING too)."""
+    settings = request.app[SETTINGS]
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    status, body = await redis_readiness(request.app[REDIS], keys)
+    return _json(status, body)
 
 
 async def metrics(request: web.Request) -> web.Response:
