@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ringez_worker.agents.phone import is_e164
+from ringez_worker.logs import register_secrets
 
 ALL_AGENTS = ("support", "escalation", "recharge")
 
@@ -81,6 +82,9 @@ class AgentSettings(BaseSettings):
     @property
     def escalation_intents(self) -> frozenset[str]:
         return frozenset(i.strip() for i in self.support_escalation_intents.split(",") if i.strip())
+
+    def model_post_init(self, context: object, /) -> None:
+        register_secrets(self.secret_values())  # the process's one redactor knows them all
 
     def secret_values(self) -> list[str]:
         token = self.recharge_payment_token

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ringez_worker.logs import register_secrets
 from ringez_worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
 
 
@@ -115,6 +116,9 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def model_post_init(self, context: object, /) -> None:
+        register_secrets(self.secret_values())
 
     @property
     def webhook_secrets(self) -> list[bytes]:

@@ -19,7 +19,7 @@ from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
 from ringez_worker.keys import Keys
-from ringez_worker.logs import Redactor, get_logger
+from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker.metrics import WorkerMetrics
 from ringez_worker.worker.queue import REPLAY_PENDING
@@ -70,8 +70,9 @@ class Dispatcher:
         self.ringez = ringez
         self.keys = keys or Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         self.metrics = metrics or WorkerMetrics()
-        # Error text lands in Redis (failed-events record): no secret may ride along.
-        self._redactor = Redactor(settings.secret_values())
+        # Error text lands in Redis (failed-events record): no secret may ride along, of
+        # any settings object (the payment token is the agents').
+        self._redactor = REDACTOR
 
     async def dispatch(
         self,
