@@ -30,21 +30,43 @@ def _router_of(obj: object, origin: str) -> Router:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """Why an import failed, in one line and without the exception's own text (user code
+    may put a value, even a secret, in it): a missing module by name, else the type."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"no module named {exc.name!r}"
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError in {exc.filename or 'the module'} at line {exc.lineno}"
+    return f"{type(exc).__name__} raised while importing it"
+
+
 def load_router(modules: list[str], *, use_entry_points: bool = True) -> Router:
-    """A Router holding every handler from `modules` and the entry-point group."""
+    """A Router holding every handler from `modules` and the entry-point group.
+
+    Any failure (an import error, a module raising at import, a syntax error, a missing
+    attribute) is a HandlerLoadError naming the module, so start-up fails in one line.
+    """
     router = Router()
     for path in modules:
         module_name, _, attr = path.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise HandlerLoadError(f"cannot import handler module {module_name!r}: {exc}") from exc
+        except Exception as exc:
+            raise HandlerLoadError(
+                f"RINGEZ_HANDLERS: cannot import handler module {module_name!r}: {_reason(exc)}"
+            ) from exc
+        if attr and not hasattr(module, attr):
+            raise HandlerLoadError(
+                f"RINGEZ_HANDLERS: handler module {module_name!r} has no attribute {attr!r}"
+            )
         router.include(_router_of(getattr(module, attr) if attr else module, path))
     if use_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 loaded = ep.load()
             except Exception as exc:
-                raise HandlerLoadError(f"entry point {ep.name!r} failed to load: {exc}") from exc
+                raise HandlerLoadError(
+                    f"entry point {ep.name!r} failed to load: {_reason(exc)}"
+                ) from exc
             router.include(_router_of(loaded, f"entry point {ep.name!r}"))
     return router
