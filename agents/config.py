@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ringez_worker.agents.phone import is_e164
 from ringez_worker.logs import register_secrets
-from ringez_worker.settings import SettingsError, settings_error
+from ringez_worker.settings import settings_error
 
 ALL_AGENTS = ("support", "escalation", "recharge")
 

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         else:
             # A bad port would otherwise pass here and fail at the first connection.
             try:
-                urlsplit(value).port
+                _ = urlsplit(value).port
             except ValueError:
                 raise ValueError("the port must be a number from 0 to 65535") from None
         return value

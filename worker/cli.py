@@ -7,8 +7,8 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
