@@ -109,6 +109,7 @@ async def _receive(request: web.Request) -> web.Response:
             now=datetime.now(UTC),
             window_seconds=settings.dedupe_window_seconds,
             skew_seconds=settings.clock_skew_seconds,
+            delivery_id=delivery_id,
         )
     except envelope.EnvelopeError as exc:
         return _reject(request, exc.status, exc.code, exc.message, delivery_id=delivery_id)
