@@ -323,3 +323,23 @@ async def test_a_payment_token_the_api_echoes_stays_out_of_the_failed_record(
         assert shown.returncode == 0, shown.stderr
         assert "PaymentFailed" in shown.stdout
         assert token not in shown.stdout + shown.stderr
+
+
+async def test_only_a_404_naming_the_call_reads_as_no_transcript(redis_url, redis_client):
+    from ringez_worker.sandbox.config import FaultConfig
+
+    # The first transcript request gets a 404 that is not "no such call" (a path the
+    # API does not serve); the second is the sandbox's own 404 for an unknown call.
+    faults = FaultConfig(fail_next=[404], path_prefix="/api/v1/transcripts")
+    async with agent_stack(redis_url, sandbox_config={"faults": faults}) as stack:
+        secret = stack.settings.webhook_secrets[0]
+        odd = event_body("call.completed", duration=3, call_id="call_odd404")
+        unknown = event_body("call.completed", duration=3, call_id="call_unknown")
+        assert (await post_webhook(stack.receiver_url, odd, secret))[0] == 202
+        await wait_for(drained(redis_client, stack.settings), what="the first completion")
+        assert (await post_webhook(stack.receiver_url, unknown, secret))[0] == 202
+        await wait_for(drained(redis_client, stack.settings), what="the second completion")
+        assert len(stack.requests("/transcripts/call_odd404")) == 1
+        assert await redis_client.hexists("rz:failed", delivery_id(odd))
+        assert not await redis_client.hexists("rz:failed", delivery_id(unknown))
+        assert await redis_client.exists("rz:summary:call_unknown")

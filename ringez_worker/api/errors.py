@@ -67,6 +67,18 @@ class NotFound(RingezError):
     """404: no such session, call or transcript."""
 
 
+class InvalidId(ValueError):
+    """An id that is not one plain path segment (empty, `.`, `..`, a `/`, ...), refused
+    before any request: it could only address some other resource."""
+
+    retryable = False  # the same id fails the same way on every try
+
+
+# 404 codes that say the addressed call or transcript does not exist (as opposed to a
+# 404 for a path the API does not serve at all).
+NO_SUCH_CALL_CODES = frozenset({"call_not_found", "transcript_not_found"})
+
+
 class RateLimited(RingezError):
     """429 from the API: try again after `retry_after` seconds (None if it did not say)."""
 
