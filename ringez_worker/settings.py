@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     ringez_rate_limit: int = Field(1000, ge=1)
     ringez_rate_period_seconds: float = Field(3600.0, gt=0)
     ringez_timeout_seconds: float = Field(10.0, gt=0)
+    # The largest API answer read; a larger one fails the request (ResponseTooLarge).
+    ringez_max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     # Receiver.
     host: str = "0.0.0.0"

@@ -67,6 +67,14 @@ class NotFound(RingezError):
     """404: no such session, call or transcript."""
 
 
+class ResponseTooLarge(RingezError):
+    """The answer was larger than RINGEZ_MAX_RESPONSE_BYTES; it was not read to the end.
+
+    Not retryable: the same request would get the same answer. `maybe_executed` is set
+    when its status said the request was carried out.
+    """
+
+
 class InvalidId(ValueError):
     """An id that is not one plain path segment (empty, `.`, `..`, a `/`, ...), refused
     before any request: it could only address some other resource."""
