@@ -22,6 +22,7 @@ class EnvelopeError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.delivery_id: str | None = None  # set once the signature is known to be good
 
 
 @dataclass(frozen=True, slots=True)
