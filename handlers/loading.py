@@ -22,7 +22,12 @@ def _router_of(obj: object, origin: str) -> Router:
         return found
     if callable(obj):
         router = Router()
-        obj(router)
+        try:
+            obj(router)
+        except Exception as exc:
+            raise HandlerLoadError(
+                f"{origin}: {type(exc).__name__} raised while registering handlers"
+            ) from exc
         return router
     raise HandlerLoadError(
         f"{origin}: expected a Router, a module with a `router` attribute, "

@@ -44,6 +44,7 @@ def test_a_bad_setting_is_one_line_without_its_value(name: str, value: str) -> N
         ("def broken(:\n    pass  # boom_value_x\n", "mod_syntax", "SyntaxError"),
         ("router = None  # boom_value_x\n", "mod_noattr:handlers", "no attribute"),
         ("", "mod_missing_x.sub", "no module named"),
+        ("def setup(router):\n    raise KeyError('boom_value_x')\n", "mod_setup:setup", "KeyError"),
     ],
 )
 def test_a_handler_module_that_fails_to_load_is_one_line(tmp_path, source, spec, reason) -> None:
