@@ -64,7 +64,8 @@ def load_router(modules: list[str], *, use_entry_points: bool = True) -> Router:
             raise HandlerLoadError(
                 f"RINGEZ_HANDLERS: handler module {module_name!r} has no attribute {attr!r}"
             )
-        router.include(_router_of(getattr(module, attr) if attr else module, path))
+        origin = f"RINGEZ_HANDLERS: handler module {path!r}"
+        router.include(_router_of(getattr(module, attr) if attr else module, origin))
     if use_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
