@@ -854,3 +854,18 @@ async def test_a_refused_connection_is_known_not_to_have_run() -> None:
         with pytest.raises(RingezUnavailable) as caught:
             await c.calls.transfer("c1", transfer_to="+15005550006")
     assert not caught.value.maybe_executed
+
+
+async def test_an_error_echoing_a_registered_secret_is_scrubbed_where_it_is_made(
+    api: FakeRingez, client: RingezClient
+) -> None:
+    from ringez_worker.logs import register_secrets
+
+    token = "tok_unit_echoed_secret_77"
+    register_secrets([token])  # what AgentSettings does with RECHARGE_PAYMENT_TOKEN
+    message = {"error": "payment_declined", "message": f"payment token {token} was declined"}
+    api.script("POST", "/wallet/add-credits", Reply(status=402, body=message))
+    with pytest.raises(RingezError) as info:
+        await client.request("POST", "/wallet/add-credits", json={"payment_token": token})
+    assert token not in f"{info.value} {info.value!r} {info.value.body}"
+    assert "[redacted]" in str(info.value.body)

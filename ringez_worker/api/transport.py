@@ -23,7 +23,7 @@ from ringez_worker.api.errors import (
 )
 from ringez_worker.api.ratelimit import RateLimiter
 from ringez_worker.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from ringez_worker.logs import REDACTED, get_logger
+from ringez_worker.logs import REDACTED, REDACTOR, get_logger
 
 log = get_logger("ringez.api")
 
@@ -247,9 +247,10 @@ class HttpTransport:
         return self.retry.backoff(attempt)
 
     def _scrubbed_text(self, raw: bytes) -> str:
-        # An error page echoing the request headers must not smuggle the key into an error.
+        # An error page echoing the request headers must not smuggle the key into an error,
+        # nor one echoing the request body any other secret (a payment token).
         text = raw.decode("utf-8", errors="replace")
-        return text.replace(self._api_key.get_secret_value(), REDACTED)
+        return REDACTOR.scrub(text.replace(self._api_key.get_secret_value(), REDACTED))
 
     def _decode_error(self, raw: bytes) -> Any:
         text = self._scrubbed_text(raw)
