@@ -105,7 +105,7 @@ class Settings(BaseSettings):
             try:
                 _ = urlsplit(value).port
             except ValueError:
-                raise ValueError("the port must be a number from 0 to 65535") from None
+                raise ValueError("must be a valid URL, its port a number from 0 to 65535") from None
         return value
 
     @field_validator("log_level")
