@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ringez_worker.agents import AgentSettings, build_agents
+from ringez_worker.agents.config import load_agent_settings
 from ringez_worker.api import RingezClient
 from ringez_worker.handlers.loading import load_router
 from ringez_worker.handlers.router import Router
@@ -84,7 +85,7 @@ def build_router(
     if extra is not None:
         router.include(extra)
     users = load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
-    config = agent_settings if agent_settings is not None else AgentSettings()
+    config = agent_settings if agent_settings is not None else load_agent_settings()
     if settings.ringez_api_key is None:
         if config.agents_enabled.strip():
             log.warning("agents.disabled", why="RINGEZ_API_KEY is not set")

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -302,12 +303,27 @@ def _stale(worker: dict, now_ms: float) -> bool:
     return now_ms - worker["at_ms"] > 2 * worker.get("every_ms", 5000)
 
 
+def _against_redis(coro: Any) -> int:
+    """Run a command that needs Redis; Redis away is one line and exit 2, not a traceback."""
+    from redis.exceptions import RedisError
+
+    try:
+        return asyncio.run(coro)
+    except (RedisError, OSError) as exc:
+        # The type only: redis-py's message names the host and port from REDIS_URL.
+        print(
+            f"ringez-worker: REDIS_URL: Redis is unreachable ({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        return 2
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_status(settings))
+    return _against_redis(_status(settings))
 
 
 def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_failed(settings, args))
+    return _against_redis(_failed(settings, args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
 from ringez_worker.keys import Keys
-from ringez_worker.logs import Redactor, get_logger
+from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
@@ -96,8 +96,9 @@ class Dispatcher:
             max_seconds=settings.rate_limit_max_defer_seconds,
             ttl_seconds=settings.handler_state_ttl_seconds,
         )
-        # Error text lands in Redis (failed-events record): no secret may ride along.
-        self._redactor = Redactor(settings.secret_values())
+        # Error text lands in Redis (failed-events record): no secret may ride along, of
+        # any settings object (the payment token is the agents').
+        self._redactor = REDACTOR
 
     async def dispatch(
         self,
