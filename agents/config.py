@@ -43,6 +43,8 @@ class AgentSettings(BaseSettings):
     recharge_daily_max_amount: float = Field(100.0, ge=0)
     recharge_dry_run: bool = False
     recharge_lock_seconds: float = Field(30.0, gt=0)
+    # How long each charge's record is kept for the daily report.
+    recharge_record_ttl_seconds: int = Field(35 * 24 * 3600, ge=3600)
 
     @field_validator("agents_enabled")
     @classmethod

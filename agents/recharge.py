@@ -17,7 +17,9 @@ import time
 from datetime import UTC, datetime
 
 from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.recharge_record import record_charge
 from ringez_worker.handlers import BalanceLow, Context, Router
+from ringez_worker.keys import Keys
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -138,6 +140,18 @@ class RechargeAgent:
         if (tx.status or "").lower() not in ("completed", "succeeded", "success", "paid"):
             await self._close_episode(ctx, keys, charged=None)
             raise PaymentFailed(f"payment {tx.transaction_id} ended {tx.status!r}")
+        # Before the episode closes: a crash in between retries with the same key, and
+        # the record (keyed by it) is not written twice.
+        await record_charge(
+            ctx.redis,
+            Keys(prefix=ctx.settings.key_prefix),
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+            transaction_id=tx.transaction_id,
+            amount=cfg.recharge_amount,
+            currency=cfg.recharge_currency,
+            ttl_seconds=cfg.recharge_record_ttl_seconds,
+        )
         await self._close_episode(ctx, keys, charged=cfg.recharge_amount)
         ctx.log.info(
             "recharge.charged",

@@ -34,6 +34,7 @@ from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.dispatch import Dispatcher
 from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
 from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
+from ringez_worker.worker.reports import report_settings, start_reports, stop_reports
 
 log = get_logger("ringez.worker")
 
@@ -127,6 +128,7 @@ def worker_settings(
     settings: Settings, *, router: Router | None = None, configure_logs: bool = False
 ) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
+    reports = report_settings()  # a bad REPORT_CRON stops the worker here, in one line
     routes = router if router is not None else build_router(settings)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -147,6 +149,7 @@ def worker_settings(
             routes, settings, ctx["redis"], keys=keys, metrics=metrics, ringez=ringez
         )
         ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
+        ctx["reports"] = start_reports(settings, reports, ctx)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -154,6 +157,7 @@ def worker_settings(
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await stop_reports(ctx.get("reports"))
         if ctx.get("http") is not None:
             await ctx["http"].cleanup()
         if ctx.get("ringez") is not None:

@@ -267,6 +267,37 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_failed(settings, args))
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ringez_worker.report.settings import load_report_settings, require_matplotlib
+
+    report = load_report_settings()
+    if not args.latest:
+        require_matplotlib()
+    from ringez_worker.report.command import report_to_files
+
+    day = None
+    if args.date:
+        try:
+            day = datetime.strptime(args.date, "%Y-%m-%d").date()
+        except ValueError:
+            print("--date must be YYYY-MM-DD", file=sys.stderr)
+            return 2
+    code, line = asyncio.run(
+        report_to_files(
+            settings,
+            report,
+            day=day,
+            session_id=args.session,
+            out=Path(args.out),
+            latest=args.latest,
+        )
+    )
+    print(line, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringez-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="queue depth, oldest event, workers, failed events")
     status.set_defaults(run=cmd_status)
+
+    report = sub.add_parser("report", help="the daily report: an HTML page and a PNG per chart")
+    report.add_argument(
+        "--date", default=None, help="YYYY-MM-DD in REPORT_TIMEZONE (default: today)"
+    )
+    report.add_argument("--session", default=None, help="only this session's calls")
+    report.add_argument("--out", default=".", help="directory for the files (default: here)")
+    report.add_argument("--latest", action="store_true", help="the newest report kept in Redis")
+    report.set_defaults(run=cmd_report)
 
     failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
     actions = failed.add_subparsers(dest="action", required=True)
