@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -196,5 +197,13 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
                 )
         failed = await redis.hlen(f"{settings.key_prefix}:failed")
         _say(f"  failed events: {failed}")
+        key = settings.ringez_api_key.get_secret_value() if settings.ringez_api_key else ""
+        day = datetime.now(UTC).date().isoformat()
+        _say(
+            f"  report: while this runs, REDIS_URL={settings.redis_url} "
+            f"RINGEZ_API_URL={settings.ringez_api_url} "
+            f"RINGEZ_API_KEY={key if key == DEV_API_KEY else '<your key>'} "
+            f"ringez-worker report --date {day} --out ringez-report"
+        )
     finally:
         await redis.aclose()
