@@ -198,6 +198,37 @@ async def test_two_workers_render_one_report_per_scheduled_time(redis_url, redis
     assert len(list(out.glob("*.png"))) == len(CHARTS)
 
 
+async def test_workers_with_report_cron_keep_one_report_per_time(
+    redis_url, redis_client, monkeypatch
+):
+    # Two real workers with REPORT_CRON from the environment, on a moved clock.
+    from ringez_worker.report import schedule
+
+    clock = Clock()
+    monkeypatch.setattr(schedule, "_wall", clock)
+    monkeypatch.setenv("REPORT_CRON", "* * * * *")
+    monkeypatch.setenv("REPORT_DAY", "current")
+    async with agent_stack(redis_url, workers=2) as stack:
+        keys = Keys()
+
+        def generated() -> float:
+            return sum(
+                w.ctx["metrics"].reports.labels("generated")._value.get() for w in stack.workers
+            )
+
+        await wait_for(lambda: _kept(redis_client, keys, 1), what="the first report")
+        clock.offset += 60
+        await wait_for(lambda: _kept(redis_client, keys, 2), what="the second report")
+        await wait_for(lambda: generated() == 2, what="the metrics")
+        # One report per scheduled time: two kept, for two different times.
+        ids = [i.decode() for i in await redis_client.lrange(keys.reports, 0, -1)]
+        assert len(set(ids)) == 2 and len({i.split("@")[1] for i in ids}) == 2, ids
+        claims = [k async for k in redis_client.scan_iter(match="rz:report:claim:*")]
+        assert len(claims) == 2
+        failed = sum(w.ctx["metrics"].reports.labels("failed")._value.get() for w in stack.workers)
+        assert failed == 0
+
+
 async def _kept(redis_client, keys: Keys, n: int) -> bool:
     return await redis_client.llen(keys.reports) == n
 
