@@ -185,13 +185,13 @@ def quality(ax: Axes, data: DayData) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
-CHARTS: dict[str, tuple[str, Chart]] = {
-    "volume": ("call volume by hour", volume),
-    "outcomes": ("call outcomes", outcomes),
-    "durations": ("call durations", durations),
-    "cost": ("cost by hour", cost),
-    "actions": ("escalations and recharges", agent_actions),
-    "quality": ("call quality (MOS)", quality),
+CHARTS: dict[str, Chart] = {
+    "volume": volume,
+    "outcomes": outcomes,
+    "durations": durations,
+    "cost": cost,
+    "actions": agent_actions,
+    "quality": quality,
 }
 
 
@@ -207,4 +207,4 @@ def render_chart(chart: Chart, data: DayData) -> bytes:
 
 def render_charts(data: DayData) -> dict[str, bytes]:
     """Every chart, by name, as PNG bytes."""
-    return {name: render_chart(chart, data) for name, (_, chart) in CHARTS.items()}
+    return {name: render_chart(chart, data) for name, chart in CHARTS.items()}

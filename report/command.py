@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import date, datetime
 from pathlib import Path
 
 from ringez_worker.keys import Keys
 from ringez_worker.redis_conn import redis_from_settings
-from ringez_worker.report.settings import ReportSettings
+from ringez_worker.report.settings import ReportSettings, load_report_settings, require_matplotlib
 from ringez_worker.report.store import latest_report, rendered_from_record, write_files
 from ringez_worker.settings import Settings, require
 
@@ -54,3 +55,35 @@ async def report_to_files(
         )
     finally:
         await redis.aclose()
+
+
+def main(
+    settings: Settings, day: str | None, session_id: str | None, out: str, *, latest: bool
+) -> int:
+    """The CLI command: one line on stdout when done, one on stderr when not."""
+    from redis.exceptions import RedisError
+
+    from ringez_worker.api.errors import RingezError
+
+    report = load_report_settings()
+    if not latest:
+        require_matplotlib()
+    the_day = None
+    if day:
+        try:
+            the_day = datetime.strptime(day, "%Y-%m-%d").date()
+        except ValueError:
+            print("ringez-worker: --date must be YYYY-MM-DD", file=sys.stderr)
+            return 2
+    try:
+        code, line = asyncio.run(
+            report_to_files(
+                settings, report, day=the_day, session_id=session_id, out=Path(out), latest=latest
+            )
+        )
+    except (RedisError, OSError) as exc:
+        code, line = 1, f"report: Redis or the output directory failed: {type(exc).__name__}"
+    except RingezError as exc:
+        code, line = 1, f"report: the Ringez API failed: {exc}"
+    print(line if not code else f"ringez-worker: {line}", file=sys.stderr if code else sys.stdout)
+    return code

@@ -30,6 +30,13 @@ pytestmark = pytest.mark.timeout(90)
 CHARTS = ("volume", "outcomes", "durations", "cost", "actions", "quality")
 
 
+def test_the_page_and_the_charts_name_the_same_charts():
+    from ringez_worker.report.charts import CHARTS as DRAWN
+    from ringez_worker.report.page import CHART_TITLES
+
+    assert tuple(DRAWN) == tuple(CHART_TITLES) == CHARTS
+
+
 def noon_zone() -> ZoneInfo:
     """A fixed-offset zone where it is about noon now: the day's calls cannot straddle
     midnight, and the hours are not UTC's (Etc/GMT-N is UTC+N)."""
@@ -264,3 +271,23 @@ def test_worker_metrics_count_reports(redis_url):
 
     assert b'ringez_reports_total{outcome="generated"} 1.0' in generate_latest(metrics.registry)
     assert make_settings(redis_url)  # the fixture's settings still load with REPORT_* unset
+
+
+def test_without_matplotlib_the_command_says_so_in_one_line(redis_url, tmp_path):
+    from tests.processes import ROOT
+
+    # A `matplotlib` that cannot be imported, first on the path: as if the extra is absent.
+    blocked = tmp_path / "matplotlib"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {"REDIS_URL": redis_url, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    result = run_cli("report", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ringez-worker: the report needs matplotlib, which is not installed: "
+        "pip install 'ringez-agent-worker[report]'"
+    ]
+    assert not (tmp_path / "out").exists()
+    # Reading a kept report back needs no matplotlib.
+    latest = run_cli("report", "--latest", "--out", str(tmp_path / "out"), env=env)
+    assert latest.returncode == 1 and "no report kept" in latest.stderr, latest.stderr

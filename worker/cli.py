@@ -268,34 +268,9 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ringez_worker.report.command import main as report_main
 
-    from ringez_worker.report.settings import load_report_settings, require_matplotlib
-
-    report = load_report_settings()
-    if not args.latest:
-        require_matplotlib()
-    from ringez_worker.report.command import report_to_files
-
-    day = None
-    if args.date:
-        try:
-            day = datetime.strptime(args.date, "%Y-%m-%d").date()
-        except ValueError:
-            print("--date must be YYYY-MM-DD", file=sys.stderr)
-            return 2
-    code, line = asyncio.run(
-        report_to_files(
-            settings,
-            report,
-            day=day,
-            session_id=args.session,
-            out=Path(args.out),
-            latest=args.latest,
-        )
-    )
-    print(line, file=sys.stderr if code else sys.stdout)
-    return code
+    return report_main(settings, args.date, args.session, args.out, latest=args.latest)
 
 
 def build_parser() -> argparse.ArgumentParser:
