@@ -131,7 +131,7 @@ def durations(ax: Axes, data: DayData) -> None:
     ax.set_ylabel("calls (count)")
     # Ticks on bin edges, at most about a dozen of them.
     ax.xaxis.set_major_locator(MultipleLocator(step * max(1, -(-len(edges) // 12))))
-    _count_axis(ax, max(counts))
+    _count_axis(ax, float(max(counts)))
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -180,7 +180,7 @@ def quality(ax: Axes, data: DayData) -> None:
     ax.set_xlim(1, 5)
     ax.set_xlabel("MOS score (1 bad - 5 excellent)")
     ax.set_ylabel("calls (count)")
-    _count_axis(ax, max(counts) * 1.15)
+    _count_axis(ax, float(max(counts)) * 1.15)
     ax.legend(loc="best", frameon=False)
     ax.grid(axis="y", alpha=0.3)
 
