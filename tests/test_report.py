@@ -291,3 +291,35 @@ def test_without_matplotlib_the_command_says_so_in_one_line(redis_url, tmp_path)
     # Reading a kept report back needs no matplotlib.
     latest = run_cli("report", "--latest", "--out", str(tmp_path / "out"), env=env)
     assert latest.returncode == 1 and "no report kept" in latest.stderr, latest.stderr
+
+
+async def test_campaign_calls_and_one_session(redis_url, redis_client, tmp_path):
+    async with agent_stack(redis_url) as stack:
+        sb = stack.sandbox.sandbox
+        campaign = sb.state.create_session(initial_minutes=50)
+        other = sb.state.create_session(initial_minutes=50)
+        sb.state.initiate_call(other.session_id, "+15005550006")
+        async with RingezClient.from_settings(stack.settings, redis=redis_client) as ringez:
+            placed = await ringez.batch.calls(
+                session_id=campaign.session_id,
+                calls=[{"to_number": "+15005550006"}, {"to_number": "+15005550007"}],
+            )
+        assert len(placed.calls) == 2
+        report = ReportSettings(_env_file=None)
+        day = datetime.now(UTC).date()
+        everyone, _ = await report_to_files(
+            stack.settings, report, day=day, session_id=None, out=tmp_path / "all", latest=False
+        )
+        one, _ = await report_to_files(
+            stack.settings,
+            report,
+            day=day,
+            session_id=campaign.session_id,
+            out=tmp_path / "one",
+            latest=False,
+        )
+    assert everyone == one == 0
+    got_all = metrics_in(next((tmp_path / "all").glob("*.html")).read_text())
+    got_one = metrics_in(next((tmp_path / "one").glob("*.html")).read_text())
+    assert (got_all["total_calls"], got_all["campaign_calls"]) == ("3", "2")
+    assert (got_one["total_calls"], got_one["campaign_calls"]) == ("2", "2")
