@@ -48,6 +48,8 @@ class AgentSettings(BaseSettings):
     # How long after a charge a balance read may still miss it (a replica or cache behind
     # the wallet): meanwhile the charge's own new_balance counts, not a lower read.
     recharge_settle_seconds: float = Field(600.0, ge=0)
+    # How long each charge's record is kept for the daily report.
+    recharge_record_ttl_seconds: int = Field(35 * 24 * 3600, ge=3600)
 
     @field_validator("agents_enabled")
     @classmethod

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.recharge_record import record_charge
 from ringez_worker.handlers import BalanceLow, Context, Router
+from ringez_worker.keys import Keys
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -191,6 +193,18 @@ class RechargeAgent:
             await self._close_episode(ctx, keys, charged=None)
             raise PaymentFailed(f"payment {tx.transaction_id} ended {tx.status!r}")
         new_balance = tx.new_balance.minutes if tx.new_balance else None
+        # Before the episode closes: a crash in between retries with the same key, and
+        # the record (keyed by it) is not written twice.
+        await record_charge(
+            ctx.redis,
+            Keys(prefix=ctx.settings.key_prefix),
+            session_id=session_id,
+            idempotency_key=idempotency_key,
+            transaction_id=tx.transaction_id,
+            amount=cfg.recharge_amount,
+            currency=cfg.recharge_currency,
+            ttl_seconds=cfg.recharge_record_ttl_seconds,
+        )
         await self._close_episode(
             ctx,
             keys,

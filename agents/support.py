@@ -120,6 +120,8 @@ class SupportAgent:
             "session_id": event.session_id,
             "outcome": event.event.removeprefix("call."),
             "reason": getattr(event.data, "reason", None),
+            # When the call ended (the event's own time, epoch s): the daily report's clock.
+            "ended_at": event.timestamp.timestamp(),
             "duration": getattr(event.data, "duration", None),
             "cost": getattr(event.data, "cost", None),
             "intents": [i.decode() for i in intents],

@@ -51,3 +51,32 @@ class Keys:
     @property
     def wake(self) -> str:
         return f"{self.prefix}:wake:{self.queue}"
+
+    def summary(self, call_id: str) -> str:
+        """The support agent's call summary (agents/state.py writes the same name)."""
+        return f"{self.prefix}:summary:{call_id}"
+
+    def quality(self, call_id: str) -> str:
+        """A per-call quality record ({"mos_score": ...}), written by a quality monitor."""
+        return f"{self.prefix}:quality:{call_id}"
+
+    def recharge(self, idempotency_key: str) -> str:
+        """One charge's record, keyed by its idempotency key (one per episode)."""
+        return f"{self.prefix}:recharge:charge:{idempotency_key}"
+
+    @property
+    def recharges(self) -> str:
+        """Every kept charge record's key name, scored by the charge time (epoch s)."""
+        return f"{self.prefix}:recharge:charges"
+
+    def report(self, report_id: str) -> str:
+        return f"{self.prefix}:report:{report_id}"
+
+    @property
+    def reports(self) -> str:
+        """Ids of the kept reports, newest first."""
+        return f"{self.prefix}:reports"
+
+    def report_claim(self, scheduled_for: str) -> str:
+        """Taken (SET NX) by the one worker that renders the report scheduled for that time."""
+        return f"{self.prefix}:report:claim:{scheduled_for}"

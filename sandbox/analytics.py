@@ -3,38 +3,88 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
-from ringez_worker.sandbox.models import Call, iso
+from ringez_worker.sandbox.models import Call, SandboxError, iso
 from ringez_worker.sandbox.state import SandboxState
+
+
+def _bound(value: str | None) -> float | str | None:
+    """A date bound: epoch seconds for a full ISO timestamp, the date itself for YYYY-MM-DD."""
+    if value is None or len(value) <= 10:
+        return value
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise SandboxError(400, "invalid_query", "dates must be ISO 8601") from None
+
+
+def _within(call: Call, start: float | str | None, end: float | str | None) -> bool:
+    day = iso(call.created_at)[:10]
+    if isinstance(start, str) and day < start:
+        return False
+    if isinstance(start, float) and call.created_at < start:
+        return False
+    if isinstance(end, str) and day > end:
+        return False
+    return not (isinstance(end, float) and call.created_at > end)
+
+
+def _hour(ts: float) -> str:
+    return datetime.fromtimestamp(ts - ts % 3600, UTC).strftime("%Y-%m-%dT%H:00:00Z")
+
+
+def _by_hour(calls: list[Call]) -> dict[str, Any]:
+    """The contract's `breakdown.by_hour[]`: per UTC hour of the call's creation."""
+    hours: dict[str, list[Call]] = defaultdict(list)
+    for c in calls:
+        hours[_hour(c.created_at)].append(c)
+    entries = []
+    for hour, group in sorted(hours.items()):
+        ended = [c for c in group if not c.active]
+        entry: dict[str, Any] = {
+            "hour": hour,
+            "total_calls": len(group),
+            "total_duration": sum(c.duration for c in ended),
+            "total_cost": round(sum(c.cost for c in ended), 4),
+            # A batch (campaign) call carries its batch id in its metadata.
+            "campaign_calls": sum("batch_id" in c.metadata for c in group),
+        }
+        for status in ("completed", "failed", "busy", "no-answer"):
+            entry[status] = sum(c.status == status for c in group)
+        entries.append(entry)
+    return {"by_hour": entries}
 
 
 def call_metrics(
     state: SandboxState, session_id: str | None, start: str | None, end: str | None, group_by: str
 ) -> dict[str, Any]:
-    """`GET /analytics/call-metrics`: totals, and a breakdown by day or status."""
+    """`GET /analytics/call-metrics`: totals, and a breakdown by day, status or hour."""
+    lo, hi = _bound(start), _bound(end)
     calls = [
         c
         for c in state.calls.values()
-        if (session_id is None or c.session_id == session_id)
-        and (start is None or iso(c.created_at)[:10] >= start[:10])
-        and (end is None or iso(c.created_at)[:10] <= end[:10])
+        if (session_id is None or c.session_id == session_id) and _within(c, lo, hi)
     ]
     ended = [c for c in calls if not c.active]
     total_duration = sum(c.duration for c in ended)
+    metrics = {
+        "total_calls": len(calls),
+        "total_duration": total_duration,
+        "total_cost": round(sum(c.cost for c in ended), 4),
+        "average_duration": round(total_duration / len(ended), 2) if ended else 0.0,
+        "success_rate": (
+            round(sum(c.status == "completed" for c in ended) / len(ended), 4) if ended else 0.0
+        ),
+    }
+    if group_by == "hour":
+        return {"metrics": metrics, "breakdown": _by_hour(calls)}
     groups: dict[str, list[Call]] = defaultdict(list)
     for c in calls:
         groups[iso(c.created_at)[:10] if group_by == "day" else c.status].append(c)
     return {
-        "metrics": {
-            "total_calls": len(calls),
-            "total_duration": total_duration,
-            "total_cost": round(sum(c.cost for c in ended), 4),
-            "average_duration": round(total_duration / len(ended), 2) if ended else 0.0,
-            "success_rate": (
-                round(sum(c.status == "completed" for c in ended) / len(ended), 4) if ended else 0.0
-            ),
-        },
+        "metrics": metrics,
         "breakdown": [
             {
                 group_by: key,

@@ -211,17 +211,19 @@ async def batch_calls(request: web.Request) -> web.Response:
         if not isinstance(to, str) or not E164.match(to):
             raise SandboxError(400, "invalid_phone_number", f"calls[{n}].to_number must be E.164")
     placed = []
+    batch_id = new_id("batch")
     for entry in entries:
         call, _ = sb.state.initiate_call(
             session_id,
             entry["to_number"],
             settings=settings,
-            metadata=opt_dict(entry, "metadata"),
+            # The batch id marks a campaign call for analytics' campaign_calls.
+            metadata={**opt_dict(entry, "metadata"), "batch_id": batch_id},
             webhook_url=opt_url(body, "webhook_url"),
         )
         sb.start_call(call)
         placed.append({"call_id": call.call_id, "to_number": call.to_number, "status": "initiated"})
-    return json_response({"batch_id": new_id("batch"), "calls": placed})
+    return json_response({"batch_id": batch_id, "calls": placed})
 
 
 # Transcription.
@@ -300,8 +302,8 @@ async def call_metrics(request: web.Request) -> web.Response:
     if session_id is not None:
         sb.state.get_session(session_id)
     group_by = request.query.get("group_by", "day")
-    if group_by not in ("day", "status"):
-        raise SandboxError(400, "invalid_query", "group_by must be day or status")
+    if group_by not in ("day", "status", "hour"):
+        raise SandboxError(400, "invalid_query", "group_by must be day, status or hour")
     return json_response(
         analytics.call_metrics(
             sb.state,

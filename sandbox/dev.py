@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
+from ringez_worker.redis_url import url_password
 from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
 from ringez_worker.sandbox.redis_server import start_embedded
 from ringez_worker.settings import Settings
@@ -196,5 +198,15 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
                 )
         failed = await redis.hlen(f"{settings.key_prefix}:failed")
         _say(f"  failed events: {failed}")
+        key = settings.ringez_api_key.get_secret_value() if settings.ringez_api_key else ""
+        day = datetime.now(UTC).date().isoformat()
+        # Only the dev's own key and a password-less Redis URL are printed as they are.
+        redis_url = "<your REDIS_URL>" if url_password(settings.redis_url) else settings.redis_url
+        _say(
+            f"  report: while this runs, REDIS_URL={redis_url} "
+            f"RINGEZ_API_URL={settings.ringez_api_url} "
+            f"RINGEZ_API_KEY={key if key == DEV_API_KEY else '<your key>'} "
+            f"ringez-worker report --date {day} --out ringez-report"
+        )
     finally:
         await redis.aclose()

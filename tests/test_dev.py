@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import tempfile
+from pathlib import Path
 
 from ringez_worker.sandbox.redis_server import free_port
 from tests.processes import Proc, run_cli, wait_for_port
@@ -29,6 +31,21 @@ def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():
         assert "recharge  charged" in out
         assert "failed events: 0" in out
         assert out.count("escalation transferred") == 1
+
+        # The summary's report line works as printed, on the scenarios just played.
+        report_line = proc.wait_for_line("  report: ")
+        words = report_line.split("while this runs, ", 1)[1].split()
+        env_words = [w for w in words if "=" in w and not w.startswith("-")]
+        report_env = dict(w.split("=", 1) for w in env_words)
+        out_dir = tempfile.mkdtemp()
+        args = words[len(env_words) + 1 :]  # after "ringez-worker"
+        assert args[0] == "report" and args[-2:] == ["--out", "ringez-report"], args
+        made = run_cli(*args[:-1], out_dir, env=report_env, timeout=60)
+        assert made.returncode == 0, made.stderr
+        page = next(Path(out_dir).glob("report-*.html")).read_text()
+        assert 'data-metric="total_calls">4<' in page
+        assert 'data-metric="transfers">1<' in page
+        assert 'data-metric="recharges">1<' in page
 
         wait_for_port(port)
         sent = run_cli(

@@ -42,6 +42,7 @@ from ringez_worker.worker.metrics import (
     redis_readiness,
 )
 from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
+from ringez_worker.worker.reports import report_settings, start_reports, stop_reports
 
 log = get_logger("ringez.worker")
 
@@ -151,6 +152,7 @@ def worker_settings(
     `serve_http=False` when the caller owns the /healthz server (`run_restarting`), so it
     outlives this worker; `metrics` then is the registry that server shows.
     """
+    reports = report_settings()  # a bad REPORT_CRON stops the worker here, in one line
     routes = router if router is not None else build_router(settings)
     shared_metrics = metrics
 
@@ -173,6 +175,7 @@ def worker_settings(
         )
         if serve_http:
             ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
+        ctx["reports"] = start_reports(settings, reports, ctx)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -180,6 +183,7 @@ def worker_settings(
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await stop_reports(ctx.get("reports"))
         if ctx.get("http") is not None:
             await ctx["http"].cleanup()
         if ctx.get("ringez") is not None:
@@ -511,6 +515,7 @@ async def run_restarting(settings: Settings, *, router: Router | None = None) ->
     /healthz, /readyz, /metrics server and its Redis client belong to this loop, not to
     a worker, so the probes keep answering (readyz: 503) through an outage and after it.
     """
+    report_settings()  # a bad REPORT_CRON is one line, before anything else logs
     routes = router if router is not None else build_router(settings)
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     metrics = WorkerMetrics()

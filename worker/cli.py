@@ -326,6 +326,12 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     return _against_redis(_failed(settings, args))
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.report.command import main as report_main
+
+    return report_main(settings, args.date, args.session, args.out, latest=args.latest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringez-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -361,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="queue depth, oldest event, workers, failed events")
     status.set_defaults(run=cmd_status)
+
+    report = sub.add_parser("report", help="the daily report: an HTML page and a PNG per chart")
+    report.add_argument(
+        "--date", default=None, help="YYYY-MM-DD in REPORT_TIMEZONE (default: today)"
+    )
+    report.add_argument("--session", default=None, help="only this session's calls")
+    report.add_argument("--out", default=".", help="directory for the files (default: here)")
+    report.add_argument("--latest", action="store_true", help="the newest report kept in Redis")
+    report.set_defaults(run=cmd_report)
 
     failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
     actions = failed.add_subparsers(dest="action", required=True)

@@ -101,6 +101,12 @@ class WorkerMetrics:
         self.failed_events = Gauge(
             "ringez_failed_events", "Records in the failed-events record", registry=self.registry
         )
+        self.reports = Counter(
+            "ringez_reports_total",
+            "Scheduled daily reports by outcome (generated, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
 
 
 async def queue_stats(redis: Redis, keys: Keys) -> dict[str, float]:

@@ -7,9 +7,9 @@ ones are always sent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RingezModel(BaseModel):
@@ -257,9 +257,44 @@ class CallMetricsSummary(RingezModel):
     success_rate: float | None = None
 
 
+class CallMetricsQuery(RingezModel):
+    """The query of `GET /analytics/call-metrics`; dates are ISO 8601 (UTC `Z`) or YYYY-MM-DD."""
+
+    session_id: str | None = None
+    start_date: str | None = None
+    end_date: str | None = None
+    group_by: Literal["day", "status", "hour"] | None = None
+
+
+class HourMetrics(RingezModel):
+    """One entry of `breakdown.by_hour[]`: `hour` is the hour's start, ISO 8601 in UTC."""
+
+    hour: str
+    total_calls: int = 0
+    total_duration: float | None = None
+    total_cost: float | None = None
+    completed: int | None = None
+    failed: int | None = None
+    busy: int | None = None
+    no_answer: int | None = Field(None, alias="no-answer")
+    campaign_calls: int | None = None
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class CallMetricsBreakdown(RingezModel):
+    by_hour: list[HourMetrics] = []
+
+
 class CallMetrics(RingezModel):
     metrics: CallMetricsSummary | None = None
-    breakdown: Any = None
+    # `group_by: "hour"` answers {by_hour: [...]}; day and status answer a list of groups.
+    breakdown: CallMetricsBreakdown | list[Any] | None = None
+
+    @property
+    def by_hour(self) -> list[HourMetrics]:
+        """The hourly entries, or [] when the answer was not grouped by hour."""
+        return self.breakdown.by_hour if isinstance(self.breakdown, CallMetricsBreakdown) else []
 
 
 class SpendingPeriod(RingezModel):

@@ -365,12 +365,13 @@ class Analytics(Resource):
         group_by: str | None = None,
     ) -> m.CallMetrics:
         """GET /analytics/call-metrics."""
-        params = _fields(
+        query = m.CallMetricsQuery(
             session_id=session_id,
             start_date=_when(start_date),
             end_date=_when(end_date),
-            group_by=group_by,
+            group_by=group_by,  # type: ignore[arg-type]
         )
+        params = _fields(**query.model_dump(exclude_none=True))
         return await self._send(m.CallMetrics, "GET", "/analytics/call-metrics", params=params)
 
     async def spending(self) -> m.Spending:
