@@ -22,6 +22,7 @@ from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.phone import InvalidNumber, is_e164
 from ringez_worker.agents.state import CallKeys, append_once
 from ringez_worker.handlers import Context, Event, Router, Superseded, TranscriptionUpdated
+from ringez_worker.lua import LuaScript
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 
@@ -29,7 +30,8 @@ ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "cancele
 # Claim a call that has not ended and that nobody else holds; take over the claim of an
 # earlier attempt by the same owner (the same handler on the same delivery) that died
 # before sending anything.
-_CLAIM = """
+_CLAIM = LuaScript(
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'ended' end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 'claimed' end
 local held = cjson.decode(redis.call('GET', KEYS[1]))
@@ -40,8 +42,10 @@ if held['state'] == 'claimed' then
 end
 return held['state']
 """
+)
 # KEYS: claim. ARGV: our attempt, the state we expect, the state to move to.
-_MOVE = """
+_MOVE = LuaScript(
+    """
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local claim = cjson.decode(v)
@@ -53,12 +57,15 @@ claim['state'] = ARGV[3]
 redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
 return 1
 """
+)
 # Release only our own claim.
-_RELEASE = """
+_RELEASE = LuaScript(
+    """
 local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['attempt'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 
 class EscalationUncertain(Exception):
@@ -138,14 +145,10 @@ class EscalationAgent:
                 "reason": reason,
             }
         )
-        outcome = await ctx.redis.eval(
-            _CLAIM,
-            2,
-            keys.escalation,
-            keys.ended,
-            claim,
-            self.config.escalation_claim_ttl_seconds,
-            owner,
+        outcome = await _CLAIM(
+            ctx.redis,
+            [keys.escalation, keys.ended],
+            [claim, self.config.escalation_claim_ttl_seconds, owner],
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "sending":
@@ -169,7 +172,7 @@ class EscalationAgent:
                 return None
             target = await self._route(event, ctx)
             note = f"Escalated by ringez-agent-worker: {reason}"
-            if not await ctx.redis.eval(_MOVE, 1, keys.escalation, attempt, "claimed", "sending"):
+            if not await _MOVE(ctx.redis, [keys.escalation], [attempt, "claimed", "sending"]):
                 # A retry of this handler took the claim over (we were presumed dead); it
                 # decides, and if it fails its own retry must still run this handler.
                 raise Superseded(f"the escalation claim on {call_id} was taken over")
@@ -188,7 +191,7 @@ class EscalationAgent:
                     f"transfer of {call_id} may have happened: {type(exc).__name__}"
                 ) from exc
             # Nothing was transferred: free the claim so a retry or a later segment can.
-            await ctx.redis.eval(_RELEASE, 1, keys.escalation, attempt)
+            await _RELEASE(ctx.redis, [keys.escalation], [attempt])
             ctx.log.warning("escalation.failed", error=f"{type(exc).__name__}: {exc}")
             raise
         await self._set_state(ctx, keys, claim, "transferred", transfer_to=target)

@@ -26,11 +26,14 @@ from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.recharge_record import record_charge
 from ringez_worker.handlers import BalanceLow, Context, Router
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
 
-_RELEASE = """
+_RELEASE = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 
 # Long past any skew or settle time someone would configure; then it expires by itself.
@@ -63,12 +66,14 @@ class _LastCharge:
 
 # KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl. The pending key of
 # the current episode, written only by the lock's holder; nil if we no longer hold it.
-_PENDING = """
+_PENDING = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local key = ARGV[2] .. (redis.call('GET', KEYS[3]) or '0')
 redis.call('SET', KEYS[2], key, 'EX', ARGV[3])
 return key
 """
+)
 
 
 class LockBusy(Exception):
@@ -111,7 +116,7 @@ class RechargeAgent:
         try:
             await self._recharge(event, ctx, keys)
         finally:
-            await ctx.redis.eval(_RELEASE, 1, keys["lock"], token)
+            await _RELEASE(ctx.redis, [keys["lock"]], [token])
 
     async def _lock(self, ctx: Context, key: str, token: str) -> None:
         ttl_ms = int(self.config.recharge_lock_seconds * 1000)
@@ -226,15 +231,10 @@ class RechargeAgent:
         The lock can expire under a long wait (the shared rate limiter may hold a request
         up to a minute): another worker may have charged and closed the episode meanwhile,
         and a key made from the next episode number would charge again."""
-        key = await ctx.redis.eval(
-            _PENDING,
-            3,
-            keys["lock"],
-            keys["pending"],
-            keys["episode"],
-            ctx.delivery_id,
-            f"recharge:{session_id}:",
-            7 * 24 * 3600,
+        key = await _PENDING(
+            ctx.redis,
+            [keys["lock"], keys["pending"], keys["episode"]],
+            [ctx.delivery_id, f"recharge:{session_id}:", 7 * 24 * 3600],
         )
         if key is None:
             raise LockBusy(f"lost the recharge lock for {session_id} before charging")

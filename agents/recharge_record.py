@@ -14,16 +14,19 @@ import orjson
 from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
 
 # SET NX first: only the first write of a key indexes it, so a retry changes nothing.
 # The index is trimmed of records past their TTL on every write, so it stays bounded.
-_RECORD = """
+_RECORD = LuaScript(
+    """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
+)
 
 
 async def record_charge(
@@ -49,5 +52,5 @@ async def record_charge(
         "session_id": session_id,
     }
     args = (orjson.dumps(record), at, ttl_seconds)
-    written = await redis.eval(_RECORD, 2, keys.recharge(idempotency_key), keys.recharges, *args)
+    written = await _RECORD(redis, [keys.recharge(idempotency_key), keys.recharges], args)
     return bool(written)

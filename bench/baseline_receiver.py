@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SECRET, WEBHOOK_PATH  # noqa: E402
 from ringez_worker import signature  # noqa: E402
-from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job  # noqa: E402
+from ringez_worker.jobs import JOB_FUNCTION, dumps_job  # noqa: E402
 
 POOL = web.AppKey("pool", ArqRedis)
 SECRETS = [SECRET.encode()]

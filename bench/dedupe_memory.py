@@ -55,11 +55,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_apt, machine  # noqa: E402
+from ringez_worker.jobs import job_bytes  # noqa: E402
 from ringez_worker.keys import BUCKET_MS, Keys  # noqa: E402
 from ringez_worker.sandbox.redis_server import RedisServer  # noqa: E402
 from ringez_worker.settings import Settings  # noqa: E402
 from ringez_worker.worker.cli import build_event  # noqa: E402
-from ringez_worker.worker.queue import EventQueue, job_bytes  # noqa: E402
+from ringez_worker.worker.queue import EventQueue  # noqa: E402
 
 ALL_VARIANTS = ("shipped", "per-key", "done-record")
 DEFAULT_VARIANTS = ("shipped", "per-key")

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import proc_status  # noqa: E402
+from ringez_worker.jobs import job_bytes  # noqa: E402
 from ringez_worker.keys import Keys  # noqa: E402
 from ringez_worker.sandbox.redis_server import RedisServer  # noqa: E402
 from ringez_worker.worker.cli import build_event  # noqa: E402
-from ringez_worker.worker.queue import job_bytes  # noqa: E402
 from tests.processes import Proc  # noqa: E402
 
 

@@ -64,9 +64,10 @@ from bench.common import (  # noqa: E402
     signed_request,
     wait_for_port,
 )
+from ringez_worker.jobs import job_bytes  # noqa: E402
 from ringez_worker.keys import BUCKET_MS, Keys  # noqa: E402
 from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
-from ringez_worker.worker.queue import _ENQUEUE, job_bytes  # noqa: E402
+from ringez_worker.worker.queue import _ENQUEUE  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
 # Production's AOF settings (RedisServer: appendonly yes, appendfsync everysec), with no
@@ -379,7 +380,7 @@ def run_enqueue(args: argparse.Namespace) -> dict[str, Any]:
         script_argv += ["0000__rand_int__", str(expires_at), job, str(now), "__rand_int__"]
     with RedisServer(appendonly=True, extra_args=REDIS_ARGS) as server:
         client = redis.Redis.from_url(server.url)
-        sha = client.script_load(_ENQUEUE)
+        sha = client.script_load(_ENQUEUE.source)
         pid = server.process.pid if server.process else 0
         argv = [
             bench,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ringez_worker.handlers.context import Context
+from ringez_worker.jobs import TASK_PREFIX
 
 ANY = "*"
 HandlerFunc = Callable[[Any, Context], Awaitable[Any]]
@@ -49,6 +50,14 @@ class Router:
         self._handlers.append(handler)
         return handler
 
+    def on_task(self, *tasks: str, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
+        """Register the decorated coroutine for tasks the service gives itself
+        (`ringez_worker.jobs.schedule_task(redis, keys, "quality.check", {...})`): scheduled
+        or internal jobs, run with a webhook's retries, leases and completion records."""
+        if not tasks:
+            raise ValueError("name at least one task")
+        return self.on(*(TASK_PREFIX + t for t in tasks), name=name)
+
     def on_intent(self, *intents: str) -> Callable[[IntentFunc], IntentFunc]:
         """Register `func(event, intent, ctx)` for intents the support agent detects."""
         if not intents:
@@ -78,6 +87,16 @@ class Router:
     def handlers(self) -> list[Handler]:
         return list(self._handlers)
 
-    def handlers_for(self, event: str) -> list[Handler]:
-        """Handlers for `event`, in registration order, `*` handlers included."""
+    def handlers_for(self, event: str, *, task: bool = False) -> list[Handler]:
+        """Handlers for `event`, in registration order, `*` handlers included; with `task`,
+        the handlers of that task only. A webhook never reaches a task handler, whatever
+        its event name says."""
+        if task:
+            return [h for h in self._handlers if h.event == event] if _is_task(event) else []
+        if _is_task(event):
+            return [h for h in self._handlers if h.event == ANY]
         return [h for h in self._handlers if h.event == event or h.event == ANY]
+
+
+def _is_task(event: str) -> bool:
+    return event.startswith(TASK_PREFIX)

@@ -9,11 +9,13 @@ import orjson
 from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
 from ringez_worker.report.page import Rendered, charts_from_page
 
 # One script: the page, its place at the head of the list, and the pages trimmed off it
 # all change together, so a reader never finds an id whose page is gone.
-_SAVE = """
+_SAVE = LuaScript(
+    """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[1], ARGV[1])
 local old = redis.call('LRANGE', KEYS[1], tonumber(ARGV[3]), -1)
@@ -21,6 +23,7 @@ for _, id in ipairs(old) do redis.call('DEL', ARGV[4] .. id) end
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 return #old
 """
+)
 
 
 class ReportTooLarge(Exception):
@@ -41,8 +44,8 @@ async def save_report(
     record = orjson.dumps({**meta, "id": report_id, "html": page})
     if len(record) > max_bytes:
         raise ReportTooLarge(f"report is {len(record)} bytes, over REPORT_MAX_BYTES ({max_bytes})")
-    await redis.eval(
-        _SAVE, 2, keys.reports, keys.report(report_id), report_id, record, keep, keys.report("")
+    await _SAVE(
+        redis, [keys.reports, keys.report(report_id)], [report_id, record, keep, keys.report("")]
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 Arg = str | bytes | int | float
@@ -26,9 +27,17 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(
-        self, redis: Redis, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+    def __call__(
+        self, redis: Redis | Pipeline, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
+        """On a client, an awaitable of the script's reply. On a pipeline, the script is
+        queued as EVAL (a pipeline cannot resend one command after NOSCRIPT), and its
+        reply comes with the pipeline's."""
+        if isinstance(redis, Pipeline):
+            return redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[arg-type]
+        return self._run(redis, keys, args)
+
+    async def _run(self, redis: Redis, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
         except NoScriptError:

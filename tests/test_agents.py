@@ -171,11 +171,10 @@ async def test_moving_a_claim_is_safe_to_resend(redis_client):
     # redis-py resends a script whose reply was lost: the second send must agree.
     claim = {"delivery_id": "d", "attempt": "a1", "state": "claimed"}
     await redis_client.set("rz:call:c:escalation", orjson.dumps(claim))
-    args = ("rz:call:c:escalation", "a1", "claimed", "sending")
-    assert await redis_client.eval(escalation._MOVE, 1, *args) == 1
-    assert await redis_client.eval(escalation._MOVE, 1, *args) == 1
-    other = ("rz:call:c:escalation", "a2", "claimed", "sending")
-    assert await redis_client.eval(escalation._MOVE, 1, *other) == 0
+    key = ["rz:call:c:escalation"]
+    assert await escalation._MOVE(redis_client, key, ["a1", "claimed", "sending"]) == 1
+    assert await escalation._MOVE(redis_client, key, ["a1", "claimed", "sending"]) == 1
+    assert await escalation._MOVE(redis_client, key, ["a2", "claimed", "sending"]) == 0
     stored = orjson.loads(await redis_client.get("rz:call:c:escalation"))
     assert (stored["attempt"], stored["state"]) == ("a1", "sending")
 

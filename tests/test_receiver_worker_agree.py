@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ringez_worker.handlers.events import EVENT_NAMES, parse_event
+from ringez_worker.jobs import job_bytes, loads_job
 from ringez_worker.worker import envelope
-from ringez_worker.worker.queue import job_bytes, loads_job
 
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
 ZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]

@@ -63,7 +63,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from ringez_worker.worker.app import run_restarting
+    from ringez_worker.worker.restart import run_restarting
 
     _setup(settings)
     _use_uvloop()

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
 
 # KEYS: the deferral record, arq's try counter. ARGV: seconds, the cap, job_try, ttl.
 # Returns 0 (nothing written) when this deferral would take the total over the cap.
-_DEFER = """
+_DEFER = LuaScript(
+    """
 local total = tonumber(redis.call('HGET', KEYS[1], 'seconds') or '0') + tonumber(ARGV[1])
 if total > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'seconds', tostring(total))
@@ -32,6 +34,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,7 @@ class Deferrals:
         """Record a deferral of `seconds`; False when it would go over the total allowed."""
         keys = [self.keys.deferrals(job_id), self.keys.arq_tries(job_id)]
         args = [seconds, self.max_seconds, job_try, self.ttl_seconds]
-        return bool(await self.redis.eval(_DEFER, len(keys), *keys, *args))
+        return bool(await _DEFER(self.redis, keys, args))
 
     async def total(self, job_id: str) -> float:
         """Seconds this job has been deferred for so far."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,15 +15,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ringez_worker.api.errors import RateLimited
+from ringez_worker.backoff import backoff_seconds
 from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
+from ringez_worker.jobs import REPLAY_PENDING, TASK, WEBHOOK
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
-from ringez_worker.worker.queue import REPLAY_PENDING
 
 log = get_logger("ringez.dispatch")
 
@@ -66,11 +66,6 @@ def outside_wait(exc: BaseException, backoff: float) -> float | None:
     return None
 
 
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
-    return random.uniform(0, min(cap, base * (2 ** (attempt - 1)))) if base > 0 else 0.0
-
-
 class Dispatcher:
     """Dispatches deliveries to a Router's handlers, remembering which ones succeeded."""
 
@@ -109,8 +104,12 @@ class Dispatcher:
         only: list[str] | None = None,
         received_ms: int | None = None,
         job_id: str | None = None,
+        kind: str = WEBHOOK,
     ) -> Outcome:
-        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain.
+        """Run the handlers still owed for this job; raise arq `Retry` while tries remain.
+
+        `kind` is the job envelope's (ringez_worker/jobs.py): a webhook delivery runs the
+        handlers of its event, a task those registered with `router.on_task`.
 
         `job_try` is arq's count of this job's runs (`job_id`, the delivery id by default);
         rate-limit deferrals are taken off it (worker/deferral.py).
@@ -121,7 +120,7 @@ class Dispatcher:
         """
         try:
             return await self._dispatch(
-                delivery_id, body, job_try, only, received_ms, job_id or delivery_id
+                delivery_id, body, job_try, only, received_ms, job_id or delivery_id, kind
             )
         except (RedisError, OSError) as exc:
             delay = self.backoff(job_try)
@@ -152,6 +151,7 @@ class Dispatcher:
         only: list[str] | None,
         received_ms: int | None,
         job_id: str,
+        kind: str,
     ) -> Outcome:
         payload = _payload(body)
         event_name = payload.get("event", "")
@@ -174,10 +174,10 @@ class Dispatcher:
         except InvalidEvent as exc:
             bound.error("event.invalid", error=str(exc))
             outcome.failed["<parse>"] = str(exc)
-            await self._record_failure(delivery_id, body, {"<parse>": str(exc)}, job_try)
+            await self._record_failure(delivery_id, body, {"<parse>": str(exc)}, job_try, kind)
             return outcome
 
-        handlers = self.router.handlers_for(event_name)
+        handlers = self.router.handlers_for(event_name, task=kind == TASK)
         if only is not None and REPLAY_PENDING not in only:
             handlers = [h for h in handlers if h.name in only]
         # A first try cannot have completions yet; later tries (a retry, a crash) and
@@ -214,7 +214,7 @@ class Dispatcher:
         if waits and None not in waits:
             # Only the API's rate limit or Redis stood in the way: no try used up.
             return await self._defer(
-                delivery_id, body, (job_id, job_try, tries), outcome, waits, bound
+                delivery_id, body, (job_id, job_try, tries, kind), outcome, waits, bound
             )
         if retryable and tries < self.settings.job_max_tries:
             # A rate-limited handler among other failures: not before the API allows.
@@ -229,7 +229,7 @@ class Dispatcher:
             await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
-        await self._record_failure(delivery_id, body, outcome.failed, tries)
+        await self._record_failure(delivery_id, body, outcome.failed, tries, kind)
         bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=tries)
         return outcome
 
@@ -237,7 +237,7 @@ class Dispatcher:
         self,
         delivery_id: str,
         body: str,
-        job: tuple[str, int, int],
+        job: tuple[str, int, int, str],
         outcome: Outcome,
         waits: list[float | None],
         bound: Any,
@@ -245,8 +245,8 @@ class Dispatcher:
         """Defer the job as long as the API or Redis asked (raises `Retry`), or, past
         RATE_LIMIT_MAX_DEFER_SECONDS in total, record the delivery as failed.
 
-        `job`: the job id, arq's run count and our try count."""
-        job_id, job_try, tries = job
+        `job`: the job id, arq's run count, our try count and the job's kind."""
+        job_id, job_try, tries, kind = job
         wait = max(w for w in waits if w is not None)
         if await self.deferrals.defer(job_id, job_try, wait):
             bound.warning(
@@ -262,7 +262,7 @@ class Dispatcher:
         )
         failed = {name: f"{error} ({why})" for name, error in outcome.failed.items()}
         self.metrics.gave_up.inc()
-        await self._record_failure(delivery_id, body, failed, tries)
+        await self._record_failure(delivery_id, body, failed, tries, kind)
         bound.error("dispatch.gave_up", failed=sorted(failed), attempts=tries, why=why)
         return outcome
 
@@ -340,14 +340,21 @@ class Dispatcher:
         names = await self.redis.hkeys(self.keys.done(delivery_id))
         return {n.decode() if isinstance(n, bytes) else n for n in names}
 
-    async def abandon(self, delivery_id: str, body: str, reason: str, attempts: int) -> None:
+    async def abandon(
+        self, delivery_id: str, body: str, reason: str, attempts: int, kind: str = WEBHOOK
+    ) -> None:
         """Record a delivery arq gave up on outside our handlers (crash loops, timeouts)."""
         self.metrics.gave_up.inc()
-        await self._record_failure(delivery_id, body, {"<worker>": reason}, attempts)
+        await self._record_failure(delivery_id, body, {"<worker>": reason}, attempts, kind)
         log.error("dispatch.abandoned", delivery_id=delivery_id, reason=reason, attempts=attempts)
 
     async def _record_failure(
-        self, delivery_id: str, body: str, failed: dict[str, str], attempts: int
+        self,
+        delivery_id: str,
+        body: str,
+        failed: dict[str, str],
+        attempts: int,
+        kind: str = WEBHOOK,
     ) -> None:
         now = int(time.time() * 1000)
         previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))
@@ -360,6 +367,8 @@ class Dispatcher:
             "last_failed_ms": now,
             "body": body,
         }
+        if kind != WEBHOOK:
+            record["kind"] = kind  # replay queues it again as the same kind of job
         await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))
         await self._keep_done(delivery_id)
 

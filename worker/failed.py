@@ -7,13 +7,14 @@ one per record, and skipped, never a traceback that hides every other record.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
+from ringez_worker.jobs import KINDS, REPLAY_PENDING, WEBHOOK, Job, enqueue_job
 from ringez_worker.keys import Keys
-from ringez_worker.worker.queue import REPLAY_PENDING, enqueue_replay
 
 # What a replay needs, and its type.
 _REQUIRED: dict[str, type] = {"delivery_id": str, "handlers": dict, "body": str}
@@ -111,9 +112,14 @@ async def replay(redis: Redis, keys: Keys, delivery_id: str, ttl_ms: int) -> str
     if record is None:
         return None
     handlers = [name for name in record["handlers"] if not name.startswith("<")]
-    return await enqueue_replay(
-        redis, keys, record["delivery_id"], record["body"], handlers or [REPLAY_PENDING], ttl_ms
-    )
+    now = int(time.time() * 1000)
+    kind = record.get("kind", WEBHOOK)
+    if kind not in KINDS:
+        raise BadRecord(record["delivery_id"], "its job kind is not one this worker runs")
+    job = Job(kind, record["delivery_id"], record["body"], now, handlers or [REPLAY_PENDING])
+    job_id = f"{record['delivery_id']}:replay:{now}"
+    await enqueue_job(redis, keys, job, job_id=job_id, ttl_ms=ttl_ms)
+    return job_id
 
 
 async def purge(redis: Redis, keys: Keys, delivery_id: str | None = None) -> int:

@@ -19,13 +19,12 @@ import asyncio
 import time
 
 import hiredis
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
-
-JOB_FUNCTION = "handle_event"
+from ringez_worker.lua import LuaScript
 
 
 class NotReplicated(RedisError):
@@ -35,7 +34,8 @@ class NotReplicated(RedisError):
 # KEYS: the queue, then (dedupe bucket, job key) per delivery.
 # ARGV: job ttl ms, wake channel, then (dedupe field, bucket expiry ms, job, score, id)
 # per delivery. Returns 1 (queued) or 0 (duplicate) per delivery.
-_ENQUEUE = """
+_ENQUEUE = LuaScript(
+    """
 local out = {}
 local queued = 0
 for i = 1, (#KEYS - 1) / 2 do
@@ -56,45 +56,7 @@ if queued > 0 then
 end
 return out
 """
-
-
-def dumps_job(obj: object) -> bytes:
-    """arq job serializer: JSON, never pickle (a writable Redis must not mean code execution)."""
-    return orjson.dumps(obj)
-
-
-def loads_job(data: bytes) -> object:
-    return orjson.loads(data)
-
-
-def job_bytes(
-    delivery_id: str, body: bytes | str, received_ms: int, only: list[str] | None = None
-) -> bytes:
-    """The arq job record for one delivery, in arq's own layout."""
-    text = body.decode() if isinstance(body, bytes) else body
-    args: list[object] = [delivery_id, text, received_ms]
-    if only is not None:
-        args.append(only)
-    return orjson.dumps({"t": 1, "f": JOB_FUNCTION, "a": args, "k": {}, "et": received_ms})
-
-
-# `only` for a replay of every handler that has not succeeded yet (a delivery the worker
-# gave up on as a whole, or one whose body did not parse).
-REPLAY_PENDING = "<pending>"
-
-
-async def enqueue_replay(
-    redis: Redis, keys: Keys, delivery_id: str, body: str, only: list[str] | None, ttl_ms: int
-) -> str:
-    """Queue a delivery again outside the receiver (failed-events replay); returns the job id."""
-    now = int(time.time() * 1000)
-    job_id = f"{delivery_id}:replay:{now}"
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.psetex(keys.job(job_id), ttl_ms, job_bytes(delivery_id, body, now, only))
-        pipe.zadd(keys.queue, {job_id: now})
-        pipe.publish(keys.wake, b"")
-        await pipe.execute()
-    return job_id
+)
 
 
 class EventQueue:
@@ -127,7 +89,6 @@ class EventQueue:
         self._wait_tail = hiredis.pack_command(
             ("INCR", f"{keys.prefix}:wait-mark")
         ) + hiredis.pack_command(("WAIT", wait_replicas, wait_timeout_ms))
-        self._sha: str | None = None
         self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -190,13 +151,12 @@ class EventQueue:
                 future.set_result(bool(result))
 
     async def _write(self, batch: list) -> list[object]:
-        if self._sha is None:
-            self._sha = await self._redis.script_load(_ENQUEUE)
         try:
             return await self._evalsha(batch)
         except NoScriptError:
-            # Redis restarted and lost its script cache; nothing ran, so run it again.
-            self._sha = await self._redis.script_load(_ENQUEUE)
+            # A new Redis, or one restarted without its script cache: nothing ran, so
+            # send the script once and run the batch again.
+            await _ENQUEUE.load(self._redis)
             return await self._evalsha(batch)
 
     async def _evalsha(self, batch: list) -> list[object]:
@@ -207,7 +167,7 @@ class EventQueue:
             argv += (field, expires_at, job, score, delivery_id)
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
-        packed = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
+        packed = hiredis.pack_command(_ENQUEUE.command(keys, argv))
         if self._wait_replicas:
             packed += self._wait_tail
         pool = self._redis.connection_pool

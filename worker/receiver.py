@@ -18,7 +18,8 @@ from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
 from ringez_worker.worker import sansio
-from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response, redis_readiness
+from ringez_worker.worker.health import add_health_routes
+from ringez_worker.worker.metrics import ReceiverMetrics
 from ringez_worker.worker.queue import EventQueue
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -121,23 +122,6 @@ async def _receive(request: web.Request) -> web.Response:
     return _json(202, {"received": True, "id": delivery_id})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """The process is alive and serving."""
-    return _json(200, {"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Ready to take webhooks: Redis takes writes (a full Redis answers PING too)."""
-    settings = request.app[SETTINGS]
-    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
-    status, body = await redis_readiness(request.app[REDIS], keys)
-    return _json(status, body)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return metrics_response(request.app[METRICS].registry)
-
-
 async def _method_not_allowed(request: web.Request) -> web.Response:
     return _error(405, "method_not_allowed", "use POST", Allow="POST")
 
@@ -163,9 +147,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # on every call, and this one logs every webhook.
     app[LOG] = get_logger("ringez.receiver").bind()
     app.router.add_post(settings.webhook_path, receive_webhook)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    add_health_routes(app, lambda: app[REDIS], keys, app[METRICS].registry)
     app.router.add_route("*", settings.webhook_path, _method_not_allowed)
     app.cleanup_ctx.append(_redis_ctx(redis))
     return app

@@ -39,7 +39,7 @@ from ringez_worker.sandbox import (
 )
 from ringez_worker.sandbox.redis_server import free_port
 from ringez_worker.settings import load_settings
-from ringez_worker.worker.app import build_router
+from ringez_worker.worker.routes import build_router
 
 SECRET = "whsec_chaos"
 API_KEY = "sk_test_chaos"

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from ringez_worker.api.errors import RateLimitWaitExceeded
 from ringez_worker.logs import get_logger
+from ringez_worker.lua import LuaScript
 
 log = get_logger("ringez.api.ratelimit")
 
@@ -28,7 +29,8 @@ log = get_logger("ringez.api.ratelimit")
 # Atomic, so N processes never grant more than `limit` between them, nor any in a pause.
 # Priority classes (a later issue) are budgets of their own behind the same pause gate:
 # the API's 429 stops the whole account, whatever the class.
-_SLIDING_WINDOW = """
+_SLIDING_WINDOW = LuaScript(
+    """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
 local key = KEYS[1]
@@ -45,13 +47,16 @@ end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 """
+)
 # Pause the account for ARGV[1] ms from now, unless it is already paused for longer
 # (two 429s in a row must not shorten the wait the first one asked for).
-_PAUSE = """
+_PAUSE = LuaScript(
+    """
 local ms = tonumber(ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], ARGV[2], 'PX', ms) end
 return redis.call('PTTL', KEYS[1])
 """
+)
 
 STANDARD_TIER = (1000, 3600.0)
 PREMIUM_TIER = (10000, 3600.0)
@@ -98,8 +103,6 @@ class RedisRateLimiter:
         self.fail_open = fail_open
         self.pause_key = f"{key}:pause"
         self._window_ms = max(1, round(period * 1000))
-        self._script = redis.register_script(_SLIDING_WINDOW)
-        self._pause_script = redis.register_script(_PAUSE)
         self._rng = random.Random()
 
     @classmethod
@@ -129,8 +132,8 @@ class RedisRateLimiter:
 
     async def try_acquire(self) -> float:
         """Take one request from the budget if there is room: 0.0, else seconds to wait."""
-        wait_ms = await self._script(
-            keys=[self.key, self.pause_key], args=[self.limit, self._window_ms, uuid.uuid4().hex]
+        wait_ms = await _SLIDING_WINDOW(
+            self.redis, [self.key, self.pause_key], [self.limit, self._window_ms, uuid.uuid4().hex]
         )
         return int(wait_ms) / 1000
 
@@ -140,7 +143,7 @@ class RedisRateLimiter:
         Best effort: with Redis away, only this request's caller waits."""
         ms = max(1, round(seconds * 1000))
         try:
-            await self._pause_script(keys=[self.pause_key], args=[ms, reason or "paused"])
+            await _PAUSE(self.redis, [self.pause_key], [ms, reason or "paused"])
         except RedisError as exc:
             log.warning("ringez.ratelimit.pause_failed", error=type(exc).__name__)
             return

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from ringez_worker.backoff import backoff_seconds
+
 # Statuses where the same request may well succeed later; every other 4xx is final.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -31,9 +33,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        # Full jitter: concurrent workers that failed together do not retry together.
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return self.rng.uniform(0, ceiling)
+        return backoff_seconds(attempt, self.backoff_base, self.backoff_cap, self.rng)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

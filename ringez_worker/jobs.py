@@ -1,0 +1,154 @@
+"""The one job envelope, for every kind of job the workers run.
+
+A job is (kind, id, body): a Ringez webhook delivery (`webhook`, the body as Ringez
+signed it) or a task the service gives itself (`task`: a scheduled check, a retry, a
+report; the body an event-shaped JSON object named `task:<name>`). Both run through the
+same dispatcher, so a new kind of work is a handler (`router.on_task(name)`) with the
+same retries, leases, completion records and failed-events record as a webhook's.
+
+On Redis a job is an arq job record (`arq:job:<id>` + its score in the queue's sorted
+set), JSON, never pickle. The arguments keep the 0.1 layout, `[id, body, received_ms,
+only]`, so jobs queued by an older receiver still run; the kind rides in arq's keyword
+arguments and only when it is not `webhook`, so a webhook job is byte-for-byte what an
+older worker reads too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
+
+JOB_FUNCTION = "handle_event"
+WEBHOOK = "webhook"
+TASK = "task"
+KINDS = (WEBHOOK, TASK)
+TASK_PREFIX = "task:"
+# `only` for a replay of every handler that has not succeeded yet (a delivery the worker
+# gave up on as a whole, or one whose body did not parse).
+REPLAY_PENDING = "<pending>"
+
+
+def dumps_job(obj: object) -> bytes:
+    """arq job serializer: JSON, never pickle (a writable Redis must not mean code execution)."""
+    return orjson.dumps(obj)
+
+
+def loads_job(data: bytes) -> Any:
+    return orjson.loads(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of work: what it is (`kind`), which (`id`), and its JSON `body`."""
+
+    kind: str
+    id: str
+    body: str
+    received_ms: int | None = None
+    only: list[str] | None = None  # a replay: just these handlers (or REPLAY_PENDING)
+
+    def record(self, enqueue_ms: int) -> bytes:
+        """The arq job record (arq's own layout: function, args, kwargs, enqueue time)."""
+        args: list[object] = [self.id, self.body, self.received_ms]
+        if self.only is not None:
+            args.append(self.only)
+        kwargs = {} if self.kind == WEBHOOK else {"kind": self.kind}
+        return orjson.dumps({"t": 1, "f": JOB_FUNCTION, "a": args, "k": kwargs, "et": enqueue_ms})
+
+    @classmethod
+    def from_record(cls, raw: bytes | str) -> Job:
+        """The envelope inside an arq job record; ValueError if it is not one of ours."""
+        record = orjson.loads(raw)
+        args, kwargs = record.get("a") or [], record.get("k") or {}
+        if len(args) < 2 or not isinstance(args[0], str) or not isinstance(args[1], str):
+            raise ValueError("not a job envelope: arguments are not (id, body, ...)")
+        kind = kwargs.get("kind", WEBHOOK)
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r}")
+        received = args[2] if len(args) > 2 else None
+        only = args[3] if len(args) > 3 else None
+        return cls(kind, args[0], args[1], received, only)
+
+
+def job_bytes(
+    delivery_id: str, body: bytes | str, received_ms: int, only: list[str] | None = None
+) -> bytes:
+    """The arq job record of one webhook delivery (the receiver's hot path)."""
+    text = body.decode() if isinstance(body, bytes) else body
+    return Job(WEBHOOK, delivery_id, text, received_ms, only).record(received_ms)
+
+
+def task_body(name: str, data: dict[str, Any]) -> str:
+    """A task's body: shaped like an event, so handlers get an `Event` as for webhooks."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return orjson.dumps({"event": TASK_PREFIX + name, "timestamp": now, "data": data}).decode()
+
+
+# KEYS: the job key, the queue. ARGV: ttl ms, record, score, job id, wake channel, unique.
+# With `unique`, nothing is written while a job of that id exists (queued or running):
+# "at most one pending check per call", whatever redeliveries and workers do.
+_ENQUEUE_ONE = LuaScript(
+    """
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], '')
+return 1
+"""
+)
+
+
+async def enqueue_job(
+    redis: Redis,
+    keys: Keys,
+    job: Job,
+    *,
+    job_id: str | None = None,
+    due_ms: int | None = None,
+    ttl_ms: int,
+    unique: bool = False,
+) -> bool:
+    """Queue `job` (under `job_id`, by default its id) to run at `due_ms` (default now).
+
+    Scheduled work is a job with a later score, never a sleeping worker. Returns False
+    when `unique` and a job of that id is already queued or running."""
+    now = int(time.time() * 1000)
+    due = now if due_ms is None else due_ms
+    jid = job_id or job.id
+    keys_ = [keys.job(jid), keys.queue]
+    ttl = max(ttl_ms, due - now + ttl_ms)
+    args = [ttl, job.record(now), due, jid, keys.wake, "1" if unique else "0"]
+    return bool(await _ENQUEUE_ONE(redis, keys_, args))
+
+
+async def schedule_task(
+    redis: Redis,
+    keys: Keys,
+    name: str,
+    data: dict[str, Any],
+    *,
+    key: str | None = None,
+    delay_seconds: float = 0.0,
+    ttl_ms: int = 7 * 24 * 3600 * 1000,
+) -> bool:
+    """Run the `router.on_task(name)` handlers with `data` after `delay_seconds`.
+
+    With `key`, the task is unique: while a task of that key is queued or running, a
+    second one is not queued (returns False)."""
+    # The arq job id is the key (what makes it unique); the envelope's id, which keys the
+    # completion record, is this run's own, so a later task of the same key starts clean.
+    instance = f"{TASK_PREFIX}{name}:{time.time_ns():x}"
+    job_id = f"{TASK_PREFIX}{name}:{key}" if key else instance
+    due = int((time.time() + delay_seconds) * 1000)
+    job = Job(TASK, instance, task_body(name, data), int(time.time() * 1000))
+    return await enqueue_job(
+        redis, keys, job, job_id=job_id, due_ms=due, ttl_ms=ttl_ms, unique=key is not None
+    )
