@@ -15,12 +15,14 @@ from arq import Retry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ringez_worker.api import trace
 from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
 from ringez_worker.keys import Keys
 from ringez_worker.logs import Redactor, get_logger
 from ringez_worker.settings import Settings
+from ringez_worker.worker import activity
 from ringez_worker.worker.metrics import WorkerMetrics
 from ringez_worker.worker.queue import REPLAY_PENDING
 
@@ -147,6 +149,7 @@ class Dispatcher:
                 defer_s=round(delay, 3),
             )
             self.metrics.retries.inc()
+            await activity.count(self.redis, self.keys, "retried")
             await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
@@ -158,6 +161,7 @@ class Dispatcher:
         """Run one handler; None on success, else (error, whether a retry could help)."""
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
+        api_calls = trace.start()  # this task's Ringez API requests, for the delivery log
         try:
             # Our own limit, so a stuck handler is a retried failure like any other; arq's
             # job timeout would end the job with no retry and no record.
@@ -181,18 +185,39 @@ class Dispatcher:
             )
             # Errors that know they are final (a 4xx from the Ringez API) say so.
             error = self._redactor.scrub(f"{type(exc).__name__}: {exc}")
+            await activity.log_failed_run(
+                self.redis,
+                self.keys,
+                error=error,
+                **self._run_fields(ctx, handler, elapsed, api_calls),
+            )
             return error, bool(getattr(exc, "retryable", True))
         # Recorded at once, so a crash after this point never runs this handler again.
         done_key = self.keys.done(ctx.delivery_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(done_key, handler.name, int(time.time() * 1000))
             pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+            elapsed = time.perf_counter() - started
+            activity.add_run(
+                pipe, self.keys, outcome="ok", **self._run_fields(ctx, handler, elapsed, api_calls)
+            )
             await pipe.execute()
-        elapsed = time.perf_counter() - started
         self.metrics.handler_runs.labels(handler.name, "ok").inc()
         self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
         log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
         return None
+
+    def _run_fields(
+        self, ctx: Context, handler: Handler, elapsed: float, api_calls: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "delivery_id": ctx.delivery_id,
+            "handler": handler.name,
+            "job_try": ctx.job_try,
+            "duration_ms": elapsed * 1000,
+            "max_entries": self.settings.delivery_log_max_entries,
+            "api_calls": api_calls,
+        }
 
     async def _done(self, delivery_id: str) -> set[str]:
         names = await self.redis.hkeys(self.keys.done(delivery_id))
@@ -207,6 +232,7 @@ class Dispatcher:
     async def _record_failure(
         self, delivery_id: str, body: str, failed: dict[str, str], attempts: int
     ) -> None:
+        await activity.count(self.redis, self.keys, "failed")
         now = int(time.time() * 1000)
         raw = await self.redis.hget(self.keys.failed, delivery_id)
         previous = orjson.loads(raw) if raw else {}

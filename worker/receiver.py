@@ -19,6 +19,7 @@ from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
 from ringez_worker.worker import envelope
+from ringez_worker.worker.activity import RejectCounter
 from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
 from ringez_worker.worker.queue import EventQueue
 
@@ -27,6 +28,7 @@ REDIS = web.AppKey("redis", Redis)
 QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
+REJECTS = web.AppKey("rejects", RejectCounter)
 
 
 def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -44,6 +46,7 @@ def _reject(
 ) -> web.Response:
     request.app[LOG].info("webhook.rejected", status=status, reason=code, **fields)
     request.app[METRICS].rejected.labels(code).inc()
+    request.app[REJECTS].add(code)  # the console's fleet-wide per-minute count
     return _error(status, code, message)
 
 
@@ -178,6 +181,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = ReceiverMetrics()
+    app[REJECTS] = RejectCounter(Keys(prefix=settings.key_prefix, queue=settings.queue_name))
     # Bound once, with the logging configured now: a lazy proxy would rebuild the logger
     # on every call, and this one logs every webhook.
     app[LOG] = get_logger("ringez.receiver").bind()
@@ -204,8 +208,12 @@ def _redis_ctx(shared: Redis | None):
             job_ttl_ms=max(window_ms, settings.handler_state_ttl_seconds * 1000),
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
+            log_max_entries=settings.delivery_log_max_entries,
+            log_retention_ms=settings.delivery_log_retention * 1000,
         )
+        app[REJECTS].start(client)
         yield
+        await app[REJECTS].close()
         await app[QUEUE].close()
         if shared is None:
             await client.aclose()
