@@ -107,6 +107,13 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.worker.console.serve import run_console
+
+    _setup(settings)
+    return run_console(settings, args.host, args.port, _secrets(settings))
+
+
 def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
     from ringez_worker.sandbox import config_from_settings, run_sandbox
 
@@ -290,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--receiver-url", default=None, help="where its webhooks go")
     sandbox.set_defaults(run=cmd_sandbox)
+
+    console = sub.add_parser("console", help="the web console (deliveries, calls, failed events)")
+    console.add_argument("--host", default=None, help="override CONSOLE_HOST (127.0.0.1)")
+    console.add_argument("--port", type=int, default=None, help="override CONSOLE_PORT (8300)")
+    console.set_defaults(run=cmd_console)
 
     work = sub.add_parser("worker", help="run the arq worker (the `worker` process)")
     work.set_defaults(run=cmd_worker)

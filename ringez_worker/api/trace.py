@@ -15,7 +15,15 @@ from typing import Any
 # answer fields the console's call view shows (what the agent decided).
 _CALLS: ContextVar[list[dict[str, Any]] | None] = ContextVar("ringez_api_calls", default=None)
 _MAX_CALLS = 50
-_RESULT_FIELDS = ("intent", "sentiment_score", "sentiment", "route_to", "status", "minutes_added")
+_RESULT_FIELDS = (
+    "action",
+    "intent",
+    "sentiment_score",
+    "sentiment",
+    "route_to",
+    "status",
+    "minutes_added",
+)
 
 
 def start() -> list[dict[str, Any]]:
@@ -30,7 +38,9 @@ def record(method: str, path: str, status: int, duration_ms: float, answer: Any 
     if calls is None or len(calls) >= _MAX_CALLS:
         return
     entry: dict[str, Any] = {"m": method, "p": path, "s": status, "ms": round(duration_ms, 1)}
-    if isinstance(answer, dict) and path.startswith(("/agents/", "/wallet/")):
+    if isinstance(answer, dict) and (
+        path.startswith(("/agents/", "/wallet/")) or path.endswith("/actions")
+    ):
         picked = {
             k: answer[k]
             for k in _RESULT_FIELDS
