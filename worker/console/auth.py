@@ -86,7 +86,8 @@ def middleware(gate: Gate, public: set[str]) -> Callable:
         try:
             response = await _check(request, handler)
         except web.HTTPException as exc:
-            response = exc
+            exc.headers.update(SECURITY_HEADERS)
+            raise
         except (RedisError, OSError) as exc:
             response = web.Response(status=503, text=f"Redis is unavailable ({type(exc).__name__})")
         response.headers.update(SECURITY_HEADERS)
@@ -97,7 +98,9 @@ def middleware(gate: Gate, public: set[str]) -> Callable:
             raise request.match_info.http_exception  # no such page: a 404, not a login
         if request.path in public or request.path.startswith(gate.base + "/static/"):
             return await handler(request)
-        if gate.via_bearer(request):
+        if "Authorization" in request.headers:
+            if not gate.via_bearer(request):
+                raise web.HTTPUnauthorized(text="wrong console token")
             # A script's bearer header is not ambient: no CSRF token needed.
             return await handler(request)
         if not gate.via_cookie(request):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-W, H, PAD = 600, 120, 4
+W, H, PAD = 1200, 160, 4
 # Presentation attributes, not CSS: the chart is also served alone as an <img> (where the
 # page's stylesheet does not reach) and the CSP allows no inline <style>.
 COLOURS = {

@@ -175,9 +175,15 @@ async def read_log(
                     api=orjson.loads(f["a"]) if "a" in f else [],
                 )
             )
+    idle = [did for did in deliveries if did not in runs]
+    # No runs: still queued or running, or an event no handler takes (its job is gone).
+    queued = set()
+    if idle:
+        scores = await redis.zmscore(keys.queue, idle)
+        queued = {did for did, score in zip(idle, scores, strict=True) if score is not None}
     for did, delivery in deliveries.items():
         delivery.runs = runs.get(did, [])
-        delivery.status = _status(delivery, did in failed)
+        delivery.status = _status(delivery, did in failed, did in queued)
     rows = [Row(d, d.received_ms, False) for d in deliveries.values()]
     for did, at in dupes:
         if did in deliveries:
@@ -187,11 +193,11 @@ async def read_log(
     return deliveries, rows
 
 
-def _status(delivery: Delivery, failed: bool) -> str:
+def _status(delivery: Delivery, failed: bool, queued: bool) -> str:
     if failed:
         return "failed"
     if not delivery.runs:
-        return "queued"
+        return "queued" if queued else "handled"
     latest: dict[str, str] = {}
     for run in delivery.runs:
         latest[run.handler] = run.outcome

@@ -5,7 +5,7 @@
   var root = document.querySelector("[data-poll]");
   if (root) {
     var url = root.getAttribute("data-poll");
-    var chart = document.getElementById("chart");
+    var charts = document.querySelectorAll("img.chart[data-src]");
     var tick = function () {
       fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : null; })
@@ -17,7 +17,10 @@
             path.forEach(function (p) { v = v == null ? null : v[p]; });
             el.textContent = v == null ? "-" : String(v);
           });
-          if (chart) { chart.src = chart.getAttribute("data-src") + "?t=" + Date.now(); }
+          charts.forEach(function (img) {
+            var src = img.getAttribute("data-src");
+            img.src = src + (src.indexOf("?") < 0 ? "?" : "&") + "t=" + Date.now();
+          });
           root.setAttribute("data-updated", String(Date.now()));
         })
         .catch(function () {});
