@@ -91,6 +91,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from ringez_worker.sandbox.dev import DEFAULT_SCENARIOS, run_dev
     from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.console import create_console_app
     from ringez_worker.worker.receiver import create_app
 
     _setup(settings, "console" if settings.log_format == "auto" else settings.log_format)
@@ -99,7 +100,11 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(
         run_dev(
             settings,
-            types.SimpleNamespace(create_app=create_app, create_worker=create_worker),
+            types.SimpleNamespace(
+                create_app=create_app,
+                create_worker=create_worker,
+                create_console=create_console_app,
+            ),
             scenarios=scenarios,
             sandbox_port=args.sandbox_port,
             exit_after_scenarios=args.exit_after_scenarios,
