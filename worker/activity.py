@@ -4,7 +4,7 @@ Everything here rides in round trips that already happen (the receiver's enqueue
 the dispatcher's completion pipeline) or is on a rare path (a failed run, a retry). The
 delivery log is one capped stream, `rz:deliveries`:
 
-- `k=r d=<id> j=<job>`: an accepted delivery (the arq job bytes, which hold the body and
+- `k=r j=<job>`: an accepted delivery (the arq job bytes, which hold its id, the body and
   the receive time, so the script passes nothing new);
 - `k=u d=<id>`: a duplicate;
 - `k=h d=<id> h=<handler> o=ok|failed t=<try> ms=<duration> [e=<error>] [a=<api json>]`:

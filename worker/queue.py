@@ -50,7 +50,7 @@ for i = 1, n do
     redis.call('PSETEX', KEYS[2 * i + 3], ARGV[1], ARGV[a + 2])
     redis.call('ZADD', KEYS[1], ARGV[a + 3], ARGV[a + 4])
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-      'k', 'r', 'd', ARGV[a + 4], 'j', ARGV[a + 2])
+      'k', 'r', 'j', ARGV[a + 2])
     queued = queued + 1
     out[i] = 1
   else

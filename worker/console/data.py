@@ -149,7 +149,8 @@ async def read_log(
         f = {_s(k): v for k, v in raw.items()}
         kind, did, at = _s(f.get("k", b"")), _s(f.get("d", b"")), _entry_ms(entry_id)
         if kind == "r":
-            job = orjson.loads(f["j"])
+            job = orjson.loads(f["j"])  # the arq job: [delivery id, body, received ms]
+            did = str(job["a"][0])
             body = str(job["a"][1])
             try:
                 payload = orjson.loads(body)
