@@ -124,7 +124,7 @@ async def login_submit(request: web.Request) -> web.Response:
         SESSION_COOKIE, gate.session_value, max_age=12 * 3600, **gate.cookie_args(request)
     )
     response.del_cookie(LOGIN_COOKIE, path=gate.base + "/")
-    return response
+    raise response
 
 
 async def logout(request: web.Request) -> web.Response:
