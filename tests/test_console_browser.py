@@ -72,7 +72,7 @@ async def test_overview_call_timeline_and_xss_in_the_browser(redis_url: str, bro
         redis = Redis.from_url(redis_url)
         runs = [
             start_scenario(stack.sandbox.sandbox, name, stack.receiver_url)
-            for name in ("calm", "angry")
+            for name in ("calm", "angry", "low_balance")
         ]
         for run in runs:
             await run.task
@@ -95,7 +95,7 @@ async def test_overview_call_timeline_and_xss_in_the_browser(redis_url: str, bro
             )
             == 401
         )
-        for run in runs:
+        for run in runs[:2]:
             await wait_for(
                 lambda run=run: redis.exists(f"rz:summary:{run.call_id}"),
                 30,
@@ -136,6 +136,17 @@ async def test_overview_call_timeline_and_xss_in_the_browser(redis_url: str, bro
             await browser.get(f"{base}/calls")
             await browser.screenshot("calls")
 
+            # The drained wallet's balance.low (it names the session, not the call) shows
+            # on the call as the recharge agent's top-up.
+            await wait_for(lambda: _recharged(stack, runs[2].session_id), 30, what="a recharge")
+            await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+            await browser.get(f"{base}/calls/{runs[2].call_id}")
+            # As many top-ups as the sandbox saw charge requests for the session.
+            charges = len(stack.charges(runs[2].session_id))
+            assert await browser.text("#recharges") == str(charges)
+            assert "minutes added" in await browser.text("#recharge")
+            await browser.screenshot("call-recharge")
+
             await browser.get(f"{base}/calls/call_xss")
             shown = await browser.text("#timeline .text")
             assert "<script>window.__xss = 1" in shown and "onerror" in shown
@@ -174,6 +185,10 @@ async def _nothing_ran(browser: Browser) -> None:
     assert await browser.do(browser.driver.execute_script, "return window.__xss === undefined")
     with pytest.raises(NoAlertPresentException):
         await browser.do(lambda: browser.driver.switch_to.alert.text)
+
+
+def _recharged(stack, session_id: str) -> bool:
+    return bool(stack.charges(session_id))
 
 
 async def _idle(redis: Redis) -> bool:

@@ -279,7 +279,9 @@ async def call_view(
     # balance.low carries no call id: the session's episodes during the call belong to it.
     if session:
         events += [
-            d for d in deliveries.values() if d.event == "balance.low" and d.session_id == session
+            d
+            for d in deliveries.values()
+            if d.event == "balance.low" and d.session_id == session and d.call_id != call_id
         ]
     # The sender's own timestamp orders the call; the receive time breaks ties.
     events.sort(key=lambda d: (d.timestamp, d.received_ms))
@@ -301,7 +303,7 @@ async def call_view(
                         {"status": api.get("s"), "ms": api.get("ms"), "attempt": run.attempt}
                     )
                 elif path.endswith("/add-credits"):
-                    recharges.append({"status": api.get("s"), **result})
+                    recharges.append({**result, "http": api.get("s")})
     return CallView(
         call_id=call_id,
         session_id=session,
