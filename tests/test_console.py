@@ -190,3 +190,63 @@ async def test_the_log_is_capped(redis_url: str, redis_client: Redis):
     # Approximate trimming: whole macro nodes go, so a little over the cap stays.
     assert 100 <= await redis_client.xlen("rz:deliveries") < 300
     await queue.close()
+
+
+def test_the_console_command_serves_on_loopback_with_the_token(redis_url: str):
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from ringez_worker.sandbox.redis_server import free_port
+    from tests.processes import Proc, wait_for_port
+
+    port = free_port()
+    proc = Proc(
+        "console",
+        "--port",
+        str(port),
+        env={"CONSOLE_TOKEN": TOKEN, "REDIS_URL": redis_url, "RINGEZ_WEBHOOK_SECRET": ""},
+    )
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/api/overview"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=BEARER), timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=10
+            )
+        assert refused.value.code == 401
+        assert "console.starting" in proc.wait_for_line("console.starting")
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0
+    assert TOKEN not in proc.output()
+
+
+async def test_a_flood_of_rejected_webhooks_keeps_only_counts(
+    console_settings: Settings, redis_client: Redis
+):
+    from ringez_worker.worker.receiver import REJECTS, create_app
+
+    receiver = TestClient(TestServer(create_app(console_settings)))
+    await receiver.start_server()
+    try:
+        junk = b'{"event": "' + b"A" * 5000 + b'"}'
+        for _ in range(200):
+            r = await receiver.post(
+                "/webhooks/ringez",
+                data=junk,
+                headers={"X-Ringez-Signature": "f" * 64, "Content-Type": "application/json"},
+            )
+            assert r.status == 401
+        await receiver.app[REJECTS].flush()
+    finally:
+        await receiver.close()
+    assert await redis_client.exists("rz:deliveries") == 0
+    keys = [k async for k in redis_client.scan_iter(match="*")]
+    assert all(k.startswith(b"rz:stats:") for k in keys), keys
+    counts = {}
+    for k in keys:
+        counts.update(await redis_client.hgetall(k))
+    assert counts == {b"rejected:invalid_signature": b"200"}
+    assert sum([await redis_client.memory_usage(k) for k in keys]) < 500
