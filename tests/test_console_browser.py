@@ -80,7 +80,7 @@ async def test_overview_call_timeline_and_xss_in_the_browser(redis_url: str, bro
         xss = event_body(
             "transcription.updated",
             call_id="call_xss",
-            session_id="sess_xss",
+            session_id='sess_xss"><script>window.__xss = 3</script>',
             text=XSS_TEXT,
             speaker="caller",
             is_final=True,

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
@@ -219,7 +220,7 @@ async def calls_page(request: web.Request) -> web.Response:
     deliveries, _ = await data.read_log(request.app[REDIS], request.app[KEYS])
     wanted = request.query.get("call_id", "").strip()
     if wanted:
-        raise web.HTTPSeeOther(f"{request.app[GATE].base}/calls/{wanted}")
+        raise web.HTTPSeeOther(f"{request.app[GATE].base}/calls/{quote(wanted, safe='')}")
     return _render(request, "calls.html", "calls", calls=data.calls_index(deliveries)[:200])
 
 
