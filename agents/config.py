@@ -43,6 +43,9 @@ class AgentSettings(BaseSettings):
     recharge_daily_max_amount: float = Field(100.0, ge=0)
     recharge_dry_run: bool = False
     recharge_lock_seconds: float = Field(30.0, gt=0)
+    # How long after a charge a balance read may still miss it (a replica or cache behind
+    # the wallet): meanwhile the charge's own new_balance counts, not a lower read.
+    recharge_settle_seconds: float = Field(600.0, ge=0)
 
     @field_validator("agents_enabled")
     @classmethod

@@ -20,7 +20,7 @@ import orjson
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.phone import InvalidNumber, is_e164
-from ringez_worker.agents.state import CallKeys
+from ringez_worker.agents.state import CallKeys, append_once
 from ringez_worker.handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 
 ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
@@ -98,10 +98,9 @@ class EscalationAgent:
             call_id=data.call_id, transcript_segment=data.text, include_recommendations=True
         )
         score = float(analysis.sentiment_score or 0.0)
-        async with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(keys.sentiments, score)
-            pipe.expire(keys.sentiments, self.config.support_state_ttl_seconds)
-            await pipe.execute()
+        # Once per delivery: the escalation below can fail and the retry analyses again.
+        ttl = self.config.support_state_ttl_seconds
+        await append_once(ctx.redis, keys, "sentiments", ctx.delivery_id, score, ttl)
         ctx.log.info(
             "escalation.sentiment",
             score=score,

@@ -5,6 +5,11 @@
 - A deterministic idempotency key per episode (`recharge:<session>:<n>`), written down
   as "pending" before the charge: a crash or retry after the charge reuses the same key,
   so Ringez answers with the same transaction instead of charging again.
+- A balance read can lag behind a charge (replicas, caches). After a successful charge
+  the worker writes down when it happened and the charge's own `new_balance`: a
+  `balance.low` emitted before that time (plus CLOCK_SKEW_SECONDS) belongs to the charged
+  episode and is dropped without a read, and for RECHARGE_SETTLE_SECONDS after the charge
+  a read below `new_balance` is taken as stale and `new_balance` counts instead.
 - A daily cap per session (count and amount); once hit, no charge and an alert line.
 - A refused payment (402 or a failed status) is never retried blindly: the episode is
   closed and the event goes to the failed-events record with the reason.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ringez_worker.agents.config import AgentSettings
@@ -22,6 +28,44 @@ from ringez_worker.handlers import BalanceLow, Context, Router
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+
+# Long past any skew or settle time someone would configure; then it expires by itself.
+_CHARGED_TTL_SECONDS = 2 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class _LastCharge:
+    """The session's last successful charge, as this worker saw it complete."""
+
+    at: float  # the worker's clock when add-credits answered
+    minutes: float | None  # the charge's own new_balance
+    key: str  # its idempotency key
+
+    @classmethod
+    def of(cls, raw: dict[bytes, bytes]) -> _LastCharge | None:
+        if not raw or b"at" not in raw:
+            return None
+        minutes = raw.get(b"minutes", b"")
+        return cls(
+            at=float(raw[b"at"]),
+            minutes=float(minutes) if minutes else None,
+            key=raw.get(b"key", b"").decode(),
+        )
+
+    def as_mapping(self) -> dict[str, str]:
+        minutes = "" if self.minutes is None else repr(self.minutes)
+        return {"at": repr(self.at), "minutes": minutes, "key": self.key}
+
+
+# KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl. The pending key of
+# the current episode, written only by the lock's holder; nil if we no longer hold it.
+_PENDING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local key = ARGV[2] .. (redis.call('GET', KEYS[3]) or '0')
+redis.call('SET', KEYS[2], key, 'EX', ARGV[3])
+return key
 """
 
 
@@ -53,6 +97,7 @@ class RechargeAgent:
             "lock": f"{base}:lock",
             "episode": f"{base}:episode",
             "pending": f"{base}:pending",
+            "charged": f"{base}:charged",
             "daily": f"{base}:daily:{day}",
         }
 
@@ -79,9 +124,18 @@ class RechargeAgent:
     async def _recharge(self, event: BalanceLow, ctx: Context, keys: dict[str, str]) -> None:
         cfg = self.config
         session_id = event.data.session_id
-        pending = await ctx.redis.get(keys["pending"])
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys["pending"])
+            pipe.hgetall(keys["charged"])
+            pending, charged = await pipe.execute()
+        last = _LastCharge.of(charged)
+        if pending is None and last is not None and self._same_episode(event, ctx, last):
+            ctx.log.info("recharge.already_charged", charged_key=last.key)
+            return
         balance = await ctx.ringez.wallet.balance(session_id)
         minutes = balance.balance.minutes if balance.balance else None
+        if last is not None:
+            minutes = self._settled_minutes(ctx, minutes, last)
         if pending is None and minutes is not None and minutes >= cfg.recharge_threshold_minutes:
             ctx.log.info("recharge.not_needed", minutes=minutes)
             return
@@ -101,9 +155,7 @@ class RechargeAgent:
                     minutes=minutes,
                 )
                 return
-            episode = int(await ctx.redis.get(keys["episode"]) or 0)
-            idempotency_key = f"recharge:{session_id}:{episode}"
-            await ctx.redis.set(keys["pending"], idempotency_key, ex=7 * 24 * 3600)
+            idempotency_key = await self._write_pending(ctx, keys, session_id)
         else:
             idempotency_key = pending.decode()
 
@@ -138,7 +190,13 @@ class RechargeAgent:
         if (tx.status or "").lower() not in ("completed", "succeeded", "success", "paid"):
             await self._close_episode(ctx, keys, charged=None)
             raise PaymentFailed(f"payment {tx.transaction_id} ended {tx.status!r}")
-        await self._close_episode(ctx, keys, charged=cfg.recharge_amount)
+        new_balance = tx.new_balance.minutes if tx.new_balance else None
+        await self._close_episode(
+            ctx,
+            keys,
+            charged=cfg.recharge_amount,
+            last=_LastCharge(time.time(), new_balance, idempotency_key),
+        )
         ctx.log.info(
             "recharge.charged",
             transaction_id=tx.transaction_id,
@@ -148,8 +206,50 @@ class RechargeAgent:
             idempotency_key=idempotency_key,
         )
 
+    async def _write_pending(self, ctx: Context, keys: dict[str, str], session_id: str) -> str:
+        """Write this episode's idempotency key down, only while we still hold the lock.
+
+        The lock can expire under a long wait (the shared rate limiter may hold a request
+        up to a minute): another worker may have charged and closed the episode meanwhile,
+        and a key made from the next episode number would charge again."""
+        key = await ctx.redis.eval(
+            _PENDING,
+            3,
+            keys["lock"],
+            keys["pending"],
+            keys["episode"],
+            ctx.delivery_id,
+            f"recharge:{session_id}:",
+            7 * 24 * 3600,
+        )
+        if key is None:
+            raise LockBusy(f"lost the recharge lock for {session_id} before charging")
+        return key.decode() if isinstance(key, bytes) else key
+
+    def _same_episode(self, event: BalanceLow, ctx: Context, last: _LastCharge) -> bool:
+        """True when `event` was emitted before the last charge (allowing for clock skew
+        between Ringez and this worker): the charge already answered it."""
+        stamp = event.timestamp
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)  # as the receiver reads naive timestamps
+        return stamp.timestamp() < last.at + ctx.settings.clock_skew_seconds
+
+    def _settled_minutes(self, ctx: Context, read: float | None, last: _LastCharge) -> float | None:
+        """The balance to believe: within the settle time a read below the charge's own
+        new_balance is a stale copy from before the charge."""
+        settling = time.time() < last.at + self.config.recharge_settle_seconds
+        if not settling or last.minutes is None or (read is not None and read >= last.minutes):
+            return read
+        ctx.log.info("recharge.balance_unsettled", read=read, charged_new_balance=last.minutes)
+        return last.minutes
+
     async def _close_episode(
-        self, ctx: Context, keys: dict[str, str], *, charged: float | None
+        self,
+        ctx: Context,
+        keys: dict[str, str],
+        *,
+        charged: float | None,
+        last: _LastCharge | None = None,
     ) -> None:
         async with ctx.redis.pipeline(transaction=True) as pipe:
             pipe.incr(keys["episode"])
@@ -157,6 +257,10 @@ class RechargeAgent:
             if charged is not None:
                 pipe.hincrby(keys["daily"], "count", 1)
                 pipe.hincrbyfloat(keys["daily"], "amount", charged)
+            if last is not None:
+                pipe.delete(keys["charged"])
+                pipe.hset(keys["charged"], mapping=last.as_mapping())
+                pipe.expire(keys["charged"], _CHARGED_TTL_SECONDS)
             else:
                 pipe.hincrby(keys["daily"], "refused", 1)
             pipe.expire(keys["daily"], 2 * 24 * 3600)

@@ -10,7 +10,7 @@ import orjson
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
-from ringez_worker.agents.state import CallKeys
+from ringez_worker.agents.state import CallKeys, append_once, before_own
 from ringez_worker.handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
 from ringez_worker.handlers.router import IntentFunc
 
@@ -61,12 +61,14 @@ class SupportAgent:
             await ctx.redis.set(keys.live, data.text, ex=ttl)
             return
         segment = {"speaker": data.speaker, "text": data.text, "at": time.time()}
+        did = ctx.delivery_id
         async with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(keys.segments, orjson.dumps(segment))
-            pipe.ltrim(keys.segments, -self.config.support_context_segments, -1)
-            pipe.expire(keys.segments, ttl)
+            # Once per delivery: a retry after a failed API call below appends nothing.
+            keep = self.config.support_context_segments
+            append_once(pipe, keys, "segments", did, orjson.dumps(segment), ttl, keep=keep)
             pipe.delete(keys.live)
-            pipe.lrange(keys.intents, -3, -1)
+            # The intents before this segment's own, even if an earlier attempt added it.
+            before_own(pipe, keys, "intents", did, 3)
             *_, previous = await pipe.execute()
         if data.speaker not in (None, "caller") or not data.text.strip():
             return
@@ -77,10 +79,7 @@ class SupportAgent:
             context={"previous_intents": [p.decode() for p in previous]},
         )
         name = intent.intent or "unknown"
-        async with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(keys.intents, name)
-            pipe.expire(keys.intents, ttl)
-            await pipe.execute()
+        await append_once(ctx.redis, keys, "intents", ctx.delivery_id, name, ttl)
         ctx.log.info("support.intent", intent=name, confidence=intent.confidence)
 
         if name in self.config.escalation_intents:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, retry_key_prefix
 
 # Dedupe records are bucketed by the body's own timestamp, ten minutes a bucket (docs/memory.md).
 BUCKET_MS = 600_000
@@ -25,6 +25,14 @@ class Keys:
 
     def job(self, delivery_id: str) -> str:
         return job_key_prefix + delivery_id
+
+    def arq_tries(self, job_id: str) -> str:
+        """arq's own count of a job's runs (it increments it as each run starts)."""
+        return retry_key_prefix + job_id
+
+    def deferrals(self, job_id: str) -> str:
+        """A job's rate-limit deferrals: how many, seconds in total, runs not counted."""
+        return f"{self.prefix}:deferrals:{job_id}"
 
     def done(self, delivery_id: str) -> str:
         return f"{self.prefix}:done:{delivery_id}"

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     ringez_rate_limit: int = Field(1000, ge=1)
     ringez_rate_period_seconds: float = Field(3600.0, gt=0)
     ringez_timeout_seconds: float = Field(10.0, gt=0)
+    # A delivery the API keeps rate-limiting is deferred by each Retry-After (not counted
+    # as a try) up to this much in total, then recorded as failed. At most a day: arq's own
+    # per-job try counter lives about that long.
+    rate_limit_max_defer_seconds: float = Field(6 * 3600, ge=0, le=86400)
 
     # Receiver.
     host: str = "0.0.0.0"

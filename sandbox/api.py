@@ -92,12 +92,13 @@ async def add_credits(request: web.Request) -> web.Response:
 
 
 async def balance(request: web.Request) -> web.Response:
-    session = request.app[SANDBOX].state.get_session(request.query.get("session_id"))
-    tx = session.last_transaction
+    sb = request.app[SANDBOX]
+    session = sb.state.get_session(request.query.get("session_id"))
+    wallet, tx = sb.state.lagged_wallet(session, sb.faults.config.balance_lag_seconds)
     return json_response(
         {
             "session_id": session.session_id,
-            "balance": session.wallet.view(),
+            "balance": wallet,
             "last_transaction": tx.view() if tx is not None else None,
         }
     )

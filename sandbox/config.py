@@ -55,6 +55,9 @@ class FaultConfig:
     # Statuses for the next requests, in order, before the rates apply (0 lets one through).
     fail_next: list[int] = field(default_factory=list)
     path_prefix: str = "/api/v1"
+    # A wallet read from a lagging replica: `GET /wallet/balance` leaves out credits added
+    # in the last this-many seconds (the add-credits answer itself is always current).
+    balance_lag_seconds: float = 0.0
 
 
 @dataclass

@@ -28,6 +28,9 @@ def validate(config: FaultConfig) -> FaultConfig:
         isinstance(s, int) and (s == 0 or 400 <= s <= 599) for s in config.fail_next
     ):
         raise ValueError("fail_next must be a list of 4xx/5xx statuses (0 lets one through)")
+    lag = config.balance_lag_seconds
+    if not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0:
+        raise ValueError("balance_lag_seconds must be a non-negative number")
     if not isinstance(config.path_prefix, str):
         raise ValueError("path_prefix must be a string")
     return config

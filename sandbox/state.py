@@ -6,6 +6,7 @@ interleave with another request on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
@@ -174,6 +175,24 @@ class SandboxState:
         if isinstance(idempotency_key, str):
             self._credit_keys[idempotency_key] = tx
         return tx, False
+
+    def lagged_wallet(
+        self, session: Session, lag_seconds: float
+    ) -> tuple[dict[str, Any], Transaction | None]:
+        """The wallet and last transaction as a replica `lag_seconds` behind would show them:
+        credits younger than the lag are not there yet."""
+        if lag_seconds <= 0:
+            return session.wallet.view(), session.last_transaction
+        since = self.now() - lag_seconds
+        credits = [
+            tx
+            for tx in self.transactions.values()
+            if tx.session_id == session.session_id and tx.status == "completed"
+        ]
+        recent = sum(tx.minutes_added for tx in credits if tx.created_at > since)
+        older = [tx for tx in credits if tx.created_at <= since]
+        wallet = dataclasses.replace(session.wallet, minutes=session.wallet.minutes - recent)
+        return wallet.view(), max(older, key=lambda tx: tx.created_at, default=None)
 
     # Calls.
 

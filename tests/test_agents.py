@@ -238,6 +238,8 @@ async def test_the_daily_cap_stops_the_fourth_episode(redis_url, redis_client):
         secret = stack.settings.webhook_secrets[0]
         for episode in range(4):
             state.get_session(session.session_id).wallet.minutes = 1.0  # drained again
+            # An hour since the last charge (moved back, not slept through): a new episode.
+            await _age_last_charge(redis_client, session.session_id, 3600)
             body = low_balance_event(session.session_id, 1, episode)
             status, _ = await post_webhook(stack.receiver_url, body, secret)
             assert status == 202
@@ -247,6 +249,13 @@ async def test_the_daily_cap_stops_the_fourth_episode(redis_url, redis_client):
         # Three episodes, three distinct keys: each charge belongs to its own episode.
         assert len({c["json"]["idempotency_key"] for c in charges}) == 3
         assert state.get_session(session.session_id).wallet.minutes == 1.0
+
+
+async def _age_last_charge(redis_client, session_id: str, seconds: float) -> None:
+    key = f"rz:recharge:{session_id}:charged"
+    at = await redis_client.hget(key, "at")
+    if at is not None:
+        await redis_client.hset(key, "at", float(at) - seconds)
 
 
 async def test_a_declined_payment_is_not_retried_and_is_recorded(redis_url, redis_client):

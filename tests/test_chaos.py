@@ -1,8 +1,10 @@
 """A small chaos run in CI: 300 events through the real receiver and two worker processes
 on a real Redis, workers SIGKILLed every two seconds, Redis SIGKILLed and restarted once,
-20% of API calls answering 503 and 5% 429. Nothing acknowledged may be lost, no handler
-may run again after its recorded success, no call transferred twice, no episode charged
-twice. The full run is `python -m bench.chaos` (bench/chaos/__init__.py)."""
+completion-record writes refused for two seconds (ACL), Redis full for two seconds
+(maxmemory under what it holds), 20% of API calls answering 503 and 5% 429. Nothing
+acknowledged may be lost, no handler may run again after its recorded success, no call
+transferred twice, no episode charged twice. The full run is `python -m bench.chaos`
+(bench/chaos/__init__.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ async def test_small_chaos_run_loses_nothing_and_repeats_no_side_effect() -> Non
     # The chaos really happened...
     assert result.kills >= 1, report
     assert result.redis_restarts == 1, report
+    assert result.done_fault_seconds >= SMALL.done_fault_seconds, report
+    assert result.full_seconds >= SMALL.full_redis_seconds, report
+    assert result.readyz_when_full == 503, report  # the receiver says why it refuses
     assert result.injected.get(503, 0) > 0 and result.injected.get(429, 0) > 0, report
     assert result.redeliveries > 0, report
     # ...and every count the verdict rests on is what it should be.

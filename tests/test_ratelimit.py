@@ -111,3 +111,18 @@ async def test_rejects_nonsense_limits(redis_client: Redis) -> None:
         RedisRateLimiter(redis_client, KEY, limit=0)
     with pytest.raises(ValueError):
         RedisRateLimiter(redis_client, KEY, period=0)
+
+
+async def test_a_pause_holds_every_limiter_and_is_never_shortened(
+    redis_client: Redis, second_redis: Redis
+) -> None:
+    a = RedisRateLimiter(redis_client, KEY, limit=100, period=1.0, max_wait=0)
+    b = RedisRateLimiter(second_redis, KEY, limit=100, period=1.0, max_wait=0)
+    await a.pause(3600, "429 from GET /wallet/balance")
+    await a.pause(5)  # a shorter 429 after it must not cut the first one's wait
+    assert 3590 < await b.paused_for() <= 3600
+    with pytest.raises(RateLimitWaitExceeded) as held:
+        await b.acquire()
+    assert held.value.retry_after > 3590
+    # Nothing was taken from the budget while paused.
+    assert await redis_client.zcard(KEY) == 0

@@ -692,6 +692,25 @@ async def test_scripted_faults_come_first_and_control_paths_are_exempt(sandbox):
     assert (await bad.json())["error"]["code"] == "invalid_faults"
 
 
+async def test_a_lagging_balance_read_leaves_out_recent_credits(sandbox):
+    sb = sb_of(sandbox)
+    now = [1_000_000.0]
+    sb.state.config.clock = lambda: now[0]
+    assert (await sandbox.post("/_sandbox/faults", json={"balance_lag_seconds": 60})).status == 200
+    sid = (await new_session(sandbox))["session_id"]
+    credit = {"session_id": sid, "payment_method": "stripe", "plan": "starter"}
+    status, tx = await post(sandbox, "/wallet/add-credits", credit)
+    assert status == 200 and tx["new_balance"]["minutes"] == 90.0  # the answer is current
+    _, lagged = await get(sandbox, "/wallet/balance", session_id=sid)
+    assert lagged["balance"]["minutes"] == 30.0 and lagged["last_transaction"] is None
+    now[0] += 61  # the replica caught up
+    _, settled = await get(sandbox, "/wallet/balance", session_id=sid)
+    assert settled["balance"]["minutes"] == 90.0
+    assert settled["last_transaction"]["transaction_id"] == tx["transaction_id"]
+    bad = await sandbox.post("/_sandbox/faults", json={"balance_lag_seconds": -1})
+    assert bad.status == 400
+
+
 async def test_faults_from_the_config(make_sandbox):
     client = await make_sandbox(faults=FaultConfig(fail_next=[503]))
     assert await statuses(client, 2) == [503, 200]

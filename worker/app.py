@@ -48,7 +48,12 @@ async def handle_event(
     """The one arq job: dispatch a delivery to its handlers."""
     dispatcher: Dispatcher = ctx["dispatcher"]
     outcome = await dispatcher.dispatch(
-        delivery_id, body, job_try=ctx.get("job_try", 1), only=only, received_ms=received_ms
+        delivery_id,
+        body,
+        job_try=ctx.get("job_try", 1),
+        only=only,
+        received_ms=received_ms,
+        job_id=ctx.get("job_id"),
     )
     return outcome.as_dict()
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ringez_worker.api import trace
+from ringez_worker.api.errors import RateLimited
 from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
@@ -23,6 +24,7 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import Redactor, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker import activity
+from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 from ringez_worker.worker.queue import REPLAY_PENDING
 
@@ -46,6 +48,17 @@ class Outcome:
             "skipped": self.skipped,
             "failed": self.failed,
         }
+
+
+# A Retry-After of 0 or a fraction must not spin a job through thousands of deferrals.
+MIN_DEFER_SECONDS = 1.0
+
+
+def rate_limit_wait(exc: BaseException) -> float | None:
+    """How long the API asked us to wait, when `exc` is its rate limit saying so."""
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        return max(MIN_DEFER_SECONDS, exc.retry_after)
+    return None
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
@@ -72,6 +85,12 @@ class Dispatcher:
         self.ringez = ringez
         self.keys = keys or Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         self.metrics = metrics or WorkerMetrics()
+        self.deferrals = Deferrals(
+            redis,
+            self.keys,
+            max_seconds=settings.rate_limit_max_defer_seconds,
+            ttl_seconds=settings.handler_state_ttl_seconds,
+        )
         # Error text lands in Redis (failed-events record): no secret may ride along.
         self._redactor = Redactor(settings.secret_values())
 
@@ -83,8 +102,12 @@ class Dispatcher:
         job_try: int = 1,
         only: list[str] | None = None,
         received_ms: int | None = None,
+        job_id: str | None = None,
     ) -> Outcome:
-        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain."""
+        """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain.
+
+        `job_try` is arq's count of this job's runs (`job_id`, the delivery id by default);
+        rate-limit deferrals are taken off it (worker/deferral.py)."""
         payload = orjson.loads(body)
         event_name = payload.get("event", "")
         outcome = Outcome(delivery_id=delivery_id, event=event_name)
@@ -112,6 +135,8 @@ class Dispatcher:
         # replays may.
         done = set() if job_try == 1 and only is None else await self._done(delivery_id)
         pending = [h for h in handlers if h.name not in done]
+        job_id = job_id or delivery_id
+        tries = await self.deferrals.tries(job_id, job_try)
         outcome.skipped = [h.name for h in handlers if h.name in done]
 
         ctx = Context(
@@ -120,32 +145,41 @@ class Dispatcher:
             settings=self.settings,
             log=bound,
             client=self.ringez,
-            job_try=job_try,
+            job_try=tries,
         )
         results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
         retryable = False
+        waits: list[float | None] = []
         for handler, result in zip(pending, results, strict=True):
             if result is None:
                 outcome.ran.append(handler.name)
             else:
-                outcome.failed[handler.name], can_retry = result
+                outcome.failed[handler.name], can_retry, wait = result
                 retryable |= can_retry
+                waits.append(wait)
 
         if not outcome.failed:
             if only is not None or job_try > 1:
                 # A retry or a replay that got through clears an earlier failure record.
                 await self.redis.hdel(self.keys.failed, delivery_id)
             return outcome
-        if retryable and job_try < self.settings.job_max_tries:
+        if waits and None not in waits:
+            # Only the API's rate limit stood in the way: no try used up.
+            return await self._defer(
+                delivery_id, body, (job_id, job_try, tries), outcome, waits, bound
+            )
+        if retryable and tries < self.settings.job_max_tries:
             delay = backoff_seconds(
-                job_try,
+                tries,
                 self.settings.retry_backoff_seconds,
                 self.settings.retry_backoff_max_seconds,
             )
+            # A rate-limited handler among other failures: not before the API allows.
+            delay = max([delay, *(w for w in waits if w is not None)])
             bound.warning(
                 "dispatch.retry",
                 failed=sorted(outcome.failed),
-                attempt=job_try,
+                attempt=tries,
                 defer_s=round(delay, 3),
             )
             self.metrics.retries.inc()
@@ -153,12 +187,47 @@ class Dispatcher:
             await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
-        await self._record_failure(delivery_id, body, outcome.failed, job_try)
-        bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=job_try)
+        await self._record_failure(delivery_id, body, outcome.failed, tries)
+        bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=tries)
         return outcome
 
-    async def _run(self, handler: Handler, event: Any, ctx: Context) -> tuple[str, bool] | None:
-        """Run one handler; None on success, else (error, whether a retry could help)."""
+    async def _defer(
+        self,
+        delivery_id: str,
+        body: str,
+        job: tuple[str, int, int],
+        outcome: Outcome,
+        waits: list[float | None],
+        bound: Any,
+    ) -> Outcome:
+        """Defer the job as long as the API asked (raises `Retry`), or, past
+        RATE_LIMIT_MAX_DEFER_SECONDS in total, record the delivery as failed.
+
+        `job`: the job id, arq's run count and our try count."""
+        job_id, job_try, tries = job
+        wait = max(w for w in waits if w is not None)
+        if await self.deferrals.defer(job_id, job_try, wait):
+            bound.warning(
+                "dispatch.deferred", failed=sorted(outcome.failed), attempt=tries, defer_s=wait
+            )
+            await self._keep_done(delivery_id)
+            raise Retry(defer=wait)
+        total = await self.deferrals.total(job_id)
+        why = (
+            f"rate limited: deferred {total:g} s in total, another {wait:g} s would pass "
+            f"RATE_LIMIT_MAX_DEFER_SECONDS ({self.settings.rate_limit_max_defer_seconds:g})"
+        )
+        failed = {name: f"{error} ({why})" for name, error in outcome.failed.items()}
+        self.metrics.gave_up.inc()
+        await self._record_failure(delivery_id, body, failed, tries)
+        bound.error("dispatch.gave_up", failed=sorted(failed), attempts=tries, why=why)
+        return outcome
+
+    async def _run(
+        self, handler: Handler, event: Any, ctx: Context
+    ) -> tuple[str, bool, float | None] | None:
+        """Run one handler; None on success, else (error, whether a retry could help, and
+        how long the API's rate limit asked us to wait, if that is what stopped it)."""
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
         api_calls = trace.start()  # this task's Ringez API requests, for the delivery log
@@ -191,7 +260,7 @@ class Dispatcher:
                 error=error,
                 **self._run_fields(ctx, handler, elapsed, api_calls),
             )
-            return error, bool(getattr(exc, "retryable", True))
+            return error, bool(getattr(exc, "retryable", True)), rate_limit_wait(exc)
         # Recorded at once, so a crash after this point never runs this handler again.
         done_key = self.keys.done(ctx.delivery_id)
         async with self.redis.pipeline(transaction=True) as pipe:

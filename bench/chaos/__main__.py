@@ -30,6 +30,20 @@ def parse(argv: list[str] | None = None) -> ChaosConfig:
     add("--no-redis-restart", dest="redis_restart", action="store_false")
     add("--redis-stop", choices=("kill", "term"), default=defaults.redis_stop)
     add("--redis-down", dest="redis_down_seconds", type=float, default=1.0)
+    add(
+        "--done-fault",
+        dest="done_fault_seconds",
+        type=float,
+        default=defaults.done_fault_seconds,
+        help="seconds completion-record writes are refused (0: off)",
+    )
+    add(
+        "--full-redis",
+        dest="full_redis_seconds",
+        type=float,
+        default=defaults.full_redis_seconds,
+        help="seconds Redis is full (0: off)",
+    )
     add("--rate-503", type=float, default=defaults.rate_503)
     add("--rate-429", type=float, default=defaults.rate_429)
     add("--fail-rate", type=float, default=defaults.fail_rate, help="handler first-try failures")

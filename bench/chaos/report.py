@@ -83,6 +83,9 @@ class ChaosResult:
     charge_replays: int = 0
     transactions: int = 0
     charges_outside_episodes: int = 0
+    done_fault_seconds: float = 0.0
+    full_seconds: float = 0.0
+    readyz_when_full: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -93,6 +96,15 @@ class ChaosResult:
             found.append("the queue did not drain before the deadline")
         if self.config.get("redis_restart") and not self.redis_down_seconds:
             found.append("the Redis restart did not happen")
+        if self.config.get("done_fault_seconds") and not self.done_fault_seconds:
+            found.append("the completion-record write fault did not happen")
+        if self.config.get("full_redis_seconds"):
+            if not self.full_seconds:
+                found.append("the full-Redis phase did not happen")
+            elif self.readyz_when_full != 503:
+                found.append(
+                    f"the receiver's /readyz said {self.readyz_when_full} while Redis was full"
+                )
         if self.config.get("kill_every") and not self.kills:
             found.append("no worker was killed")
         if self.crashed:
@@ -170,6 +182,11 @@ class ChaosResult:
         row(
             "Redis restarts",
             f"{self.redis_restarts} ({cfg['redis_stop']}, down {self.redis_down_seconds:.1f} s)",
+        )
+        row("completion-record writes refused", f"{self.done_fault_seconds:.1f} s (ACL)")
+        row(
+            "Redis full (maxmemory, noeviction)",
+            f"{self.full_seconds:.1f} s, receiver /readyz said {self.readyz_when_full}",
         )
         row("API requests to the sandbox", self.api_requests)
         row("API faults injected", _kv(self.injected))

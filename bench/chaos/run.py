@@ -60,6 +60,16 @@ class ChaosConfig:
     redis_stop: str = "kill"  # kill (SIGKILL) or term (SIGTERM)
     redis_down_seconds: float = 1.0
     redis_restart_at: float = 0.5  # fraction of the events acknowledged
+    # Completion-record writes refused (an ACL denies writes to rz:done:*) this long, at
+    # done_fault_at of the events acknowledged: any Redis error on the dispatch path must
+    # end in a retry, never a dropped job (0: off).
+    done_fault_seconds: float = 2.0
+    done_fault_at: float = 0.3
+    # Redis full (maxmemory under what it holds, noeviction: every write refused) this long,
+    # at full_redis_at of the events acknowledged: the receiver answers 503 and says so on
+    # /readyz, workers wait and drain by themselves afterwards (0: off).
+    full_redis_seconds: float = 2.0
+    full_redis_at: float = 0.75
     rate_503: float = 0.20
     rate_429: float = 0.05
     retry_after_seconds: int = 1  # what the sandbox's 429s ask for
@@ -93,6 +103,9 @@ class Chaos:
     kills: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (ms, pid)
     redis_stops_ms: list[int] = dataclasses.field(default_factory=list)
     redis_down_seconds: float = 0.0
+    done_fault_seconds: float = 0.0  # how long completion-record writes were refused
+    full_seconds: float = 0.0  # how long Redis was full
+    readyz_when_full: int | None = None  # the receiver's /readyz status while Redis was full
     worker_starts: int = 0
     longest_wait: float = 0.0  # a due job that no worker held
     waits: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (start, s)
@@ -254,6 +267,54 @@ class Stack:
         self.chaos.redis_down_seconds = time.monotonic() - stopped
         self.say(f"redis back after {self.chaos.redis_down_seconds:.1f} s")
 
+    async def done_write_fault(self, sender: Sender) -> None:
+        """Refuse every write to completion records (rz:done:*) for a while, through ACL.
+
+        Reads stay allowed everywhere and writes everywhere else: only the dispatcher's
+        completion-record writes fail (NOPERM), the failure a review found dropping jobs.
+        """
+        cfg = self.cfg
+        await sender.acked_at_least(int(cfg.done_fault_at * cfg.events))
+        writable = [f"~{p}" for p in ("arq:*", "ringez:*", "chaos:*", "rz:d:*", "rz:[^d]*")]
+        started = time.monotonic()
+        await self.client.execute_command(
+            "ACL", "SETUSER", "default", "resetkeys", "%R~*", *writable
+        )
+        self.say(f"completion-record writes refused after {len(sender.acked)} acks")
+        try:
+            await asyncio.sleep(cfg.done_fault_seconds)
+        finally:
+            await self.client.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
+        self.chaos.done_fault_seconds = time.monotonic() - started
+        self.say(
+            f"completion-record writes allowed again after {self.chaos.done_fault_seconds:.1f} s"
+        )
+
+    async def full_redis(self, sender: Sender) -> None:
+        """Make Redis full (maxmemory below what it holds, noeviction) for a while."""
+        cfg = self.cfg
+        await sender.acked_at_least(int(cfg.full_redis_at * cfg.events))
+        used = int((await self.client.info("memory"))["used_memory"])
+        started = time.monotonic()
+        await self.client.config_set("maxmemory", str(max(1 << 20, used // 2)))
+        self.say(f"redis full after {len(sender.acked)} acks ({used} B held)")
+        try:
+            url = f"http://127.0.0.1:{self.receiver_port}/readyz"
+            deadline = started + cfg.full_redis_seconds
+            async with aiohttp.ClientSession() as http:
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with http.get(url) as resp:
+                            self.chaos.readyz_when_full = resp.status
+                    if self.chaos.readyz_when_full == 503:
+                        break
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            await self.client.config_set("maxmemory", "0")
+        self.chaos.full_seconds = time.monotonic() - started
+        self.say(f"redis has room again after {self.chaos.full_seconds:.1f} s")
+
     async def monitor(self, sender: Sender, stop: asyncio.Event) -> None:
         """Progress lines, and how long due jobs waited with no worker holding them."""
         started = time.monotonic()
@@ -387,6 +448,11 @@ async def _drive(
             asyncio.create_task(run.monitor(sender, stop_monitor)),
         ]
         restarter = asyncio.create_task(run.redis_restarter(sender)) if cfg.redis_restart else None
+        faults = []
+        if cfg.done_fault_seconds:
+            faults.append(asyncio.create_task(run.done_write_fault(sender)))
+        if cfg.full_redis_seconds:
+            faults.append(asyncio.create_task(run.full_redis(sender)))
         sent_all = True
         try:
             await load.run(scripts)
@@ -400,6 +466,12 @@ async def _drive(
                 await asyncio.wait_for(restarter, max(1.0, end - time.monotonic()))
             if not run.chaos.redis_down_seconds:
                 run.say("the Redis restart did not happen (or did not finish)")
+        if faults:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*faults, return_exceptions=True),
+                    max(1.0, end - time.monotonic()),
+                )
         # Kills go on while the queue drains, for at most chaos_tail_seconds.
         await run.wait_drained(min(time.monotonic() + cfg.chaos_tail_seconds, end))
         stop_chaos.set()
@@ -445,6 +517,9 @@ async def collect(run: Stack, cfg: ChaosConfig, sender: Sender, load: Load) -> C
     r.worker_starts = run.chaos.worker_starts
     r.redis_restarts = len(run.chaos.redis_stops_ms)
     r.redis_down_seconds = run.chaos.redis_down_seconds
+    r.done_fault_seconds = run.chaos.done_fault_seconds
+    r.full_seconds = run.chaos.full_seconds
+    r.readyz_when_full = run.chaos.readyz_when_full
     r.longest_wait_seconds = run.chaos.longest_wait
     r.waits = _wait_texts(run.chaos)
     sb = run.sandbox.sandbox

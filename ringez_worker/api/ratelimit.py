@@ -18,11 +18,19 @@ from ringez_worker.logs import get_logger
 
 log = get_logger("ringez.api.ratelimit")
 
-# One sorted set per budget: a member per granted request, scored by the Redis server's
-# clock in ms (one clock for every process, whatever their hosts' clocks say). Trim what
-# fell out of the window, grant if there is room, else say how long until the oldest
-# grant leaves it. Atomic, so N processes never grant more than `limit` between them.
+# Two gates, both on the Redis server's clock in ms (one clock for every process,
+# whatever their hosts' clocks say):
+# 1. The account-wide pause (KEYS[2]): while the API has told us to back off (a 429 with
+#    Retry-After), nobody sends anything; answer the time left.
+# 2. The budget (KEYS[1]), a sliding-window log: one sorted set member per granted
+#    request. Trim what fell out of the window, grant if there is room, else say how long
+#    until the oldest grant leaves it.
+# Atomic, so N processes never grant more than `limit` between them, nor any in a pause.
+# Priority classes (a later issue) are budgets of their own behind the same pause gate:
+# the API's 429 stops the whole account, whatever the class.
 _SLIDING_WINDOW = """
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return paused end
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -37,6 +45,13 @@ end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 """
+# Pause the account for ARGV[1] ms from now, unless it is already paused for longer
+# (two 429s in a row must not shorten the wait the first one asked for).
+_PAUSE = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], ARGV[2], 'PX', ms) end
+return redis.call('PTTL', KEYS[1])
+"""
 
 STANDARD_TIER = (1000, 3600.0)
 PREMIUM_TIER = (10000, 3600.0)
@@ -47,6 +62,10 @@ class RateLimiter(Protocol):
 
     async def acquire(self) -> None: ...
 
+    async def pause(self, seconds: float, reason: str = "") -> None:
+        """The API asked the whole account to wait `seconds` (a 429's Retry-After)."""
+        ...
+
 
 def api_key_fingerprint(api_key: str | SecretStr) -> str:
     """A short, stable, non-reversible name for an API key (for Redis keys and logs)."""
@@ -55,7 +74,8 @@ def api_key_fingerprint(api_key: str | SecretStr) -> str:
 
 
 class RedisRateLimiter:
-    """At most `limit` requests in any `period` seconds, across all processes sharing `key`."""
+    """At most `limit` requests in any `period` seconds, across all processes sharing `key`,
+    and none at all while the account is paused (`pause`, kept at `key` + ":pause")."""
 
     def __init__(
         self,
@@ -76,8 +96,10 @@ class RedisRateLimiter:
         self.max_wait = max_wait
         # Redis being down should not stop API calls: the API's own 429s still bound us.
         self.fail_open = fail_open
+        self.pause_key = f"{key}:pause"
         self._window_ms = max(1, round(period * 1000))
         self._script = redis.register_script(_SLIDING_WINDOW)
+        self._pause_script = redis.register_script(_PAUSE)
         self._rng = random.Random()
 
     @classmethod
@@ -108,9 +130,26 @@ class RedisRateLimiter:
     async def try_acquire(self) -> float:
         """Take one request from the budget if there is room: 0.0, else seconds to wait."""
         wait_ms = await self._script(
-            keys=[self.key], args=[self.limit, self._window_ms, uuid.uuid4().hex]
+            keys=[self.key, self.pause_key], args=[self.limit, self._window_ms, uuid.uuid4().hex]
         )
         return int(wait_ms) / 1000
+
+    async def pause(self, seconds: float, reason: str = "") -> None:
+        """Stop every process sharing this budget for `seconds` (never shortening a pause).
+
+        Best effort: with Redis away, only this request's caller waits."""
+        ms = max(1, round(seconds * 1000))
+        try:
+            await self._pause_script(keys=[self.pause_key], args=[ms, reason or "paused"])
+        except RedisError as exc:
+            log.warning("ringez.ratelimit.pause_failed", error=type(exc).__name__)
+            return
+        log.warning("ringez.ratelimit.paused", pause_s=round(seconds, 3), reason=reason)
+
+    async def paused_for(self) -> float:
+        """Seconds the account stays paused (0.0 when it is not)."""
+        ms = await self.redis.pttl(self.pause_key)
+        return max(0, int(ms)) / 1000
 
     async def acquire(self) -> None:
         """Wait until the budget allows one more request; raise if that takes over max_wait."""
@@ -128,8 +167,8 @@ class RedisRateLimiter:
             remaining = deadline - time.monotonic()
             if wait > remaining:
                 raise RateLimitWaitExceeded(
-                    f"rate limit budget exhausted; next slot in {wait:.3f} s, "
-                    f"over the {self.max_wait:g} s wait allowed",
+                    f"rate limit budget exhausted or account paused; next slot in "
+                    f"{wait:.3f} s, over the {self.max_wait:g} s wait allowed",
                     retry_after=wait,
                 )
             log.debug("ringez.ratelimit.wait", wait_s=wait)

@@ -173,6 +173,8 @@ class HttpTransport:
             error = error_for_status(
                 status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
             )
+            if isinstance(error, RateLimited) and (retry_after or 0) > self.retry.max_retry_after:
+                await self._pause_account(retry_after, f"{status} from {method} {path}")
             delay = self._retry_delay(error, status, attempt, retry_after, policy.max_attempts)
             if status >= 500 and status not in NOT_EXECUTED_STATUSES:
                 error.maybe_executed = True
@@ -192,6 +194,18 @@ class HttpTransport:
                 raise error
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _pause_account(self, seconds: float | None, reason: str) -> None:
+        # A wait longer than this request sleeps through is about the account, not the
+        # request: every handler and worker sharing the limiter waits too (or defers its
+        # job) instead of collecting 429s of its own. A short one is slept through here,
+        # as before; pausing everyone for it too stalled live calls (the chaos run's
+        # angry callers hung up waiting for their transfer).
+        if seconds is None:
+            return
+        pause = getattr(self.rate_limiter, "pause", None)
+        if pause is not None:
+            await pause(seconds, reason)
 
     def _retry_delay(
         self,
