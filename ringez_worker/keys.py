@@ -51,8 +51,9 @@ class Keys:
 
     @property
     def deliveries(self) -> str:
-        """The delivery log: a capped stream of receipts, duplicates and handler runs."""
-        return f"{self.prefix}:deliveries"
+        """The delivery log: a capped stream of receipts, duplicates and handler runs.
+        (Not under `rz:d…`: that prefix is the dedupe records' and `rz:done:`.)"""
+        return f"{self.prefix}:log"
 
     def summary(self, call_id: str) -> str:
         """The support agent's call summary (written by agents/support.py)."""

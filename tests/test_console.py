@@ -162,7 +162,7 @@ async def test_the_delivery_log_and_counters_and_no_secret_on_the_pages(
     totals = (await r.json())["totals"]
     assert totals["accepted"] == 1 and totals["duplicate"] == 1 and totals["rejected"] == 1
     assert totals["handled"] == 1
-    kinds = [e[1][b"k"] for e in await redis_client.xrange("rz:deliveries")]
+    kinds = [e[1][b"k"] for e in await redis_client.xrange("rz:log")]
     assert kinds == [b"r", b"u", b"h"]
     page = await console.get("/ops/deliveries?call_id=call_log", headers=BEARER)
     text = await page.text()
@@ -175,7 +175,7 @@ async def test_the_delivery_log_and_counters_and_no_secret_on_the_pages(
 
 
 async def _run_logged(redis: Redis) -> bool:
-    return any(e[1][b"k"] == b"h" for e in await redis.xrange("rz:deliveries"))
+    return any(e[1][b"k"] == b"h" for e in await redis.xrange("rz:log"))
 
 
 async def test_the_log_is_capped(redis_url: str, redis_client: Redis):
@@ -188,7 +188,7 @@ async def test_the_log_is_capped(redis_url: str, redis_client: Redis):
     for i in range(600):
         await queue.enqueue(f"{i:064x}", b'{"event": "x", "data": {}}')
     # Approximate trimming: whole macro nodes go, so a little over the cap stays.
-    assert 100 <= await redis_client.xlen("rz:deliveries") < 300
+    assert 100 <= await redis_client.xlen("rz:log") < 300
     await queue.close()
 
 
@@ -242,7 +242,7 @@ async def test_a_flood_of_rejected_webhooks_keeps_only_counts(
         await receiver.app[REJECTS].flush()
     finally:
         await receiver.close()
-    assert await redis_client.exists("rz:deliveries") == 0
+    assert await redis_client.exists("rz:log") == 0
     keys = [k async for k in redis_client.scan_iter(match="*")]
     assert all(k.startswith(b"rz:stats:") for k in keys), keys
     counts = {}

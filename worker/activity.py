@@ -2,7 +2,7 @@
 
 Everything here rides in round trips that already happen (the receiver's enqueue script,
 the dispatcher's completion pipeline) or is on a rare path (a failed run, a retry). The
-delivery log is one capped stream, `rz:deliveries`:
+delivery log is one capped stream, `rz:log`:
 
 - `k=r j=<job>`: an accepted delivery (the arq job bytes, which hold its id, the body and
   the receive time, so the script passes nothing new);

@@ -37,7 +37,8 @@ class NotReplicated(RedisError):
 # per delivery.
 # ARGV: job ttl ms, wake channel, counters ttl s, log max entries, log min id (oldest ms
 # kept), then (dedupe field, bucket expiry ms, job, score, id) per delivery.
-# Returns 1 (queued) or 0 (duplicate) per delivery.
+# Returns 1 (queued) or 0 (duplicate) per delivery. The console's log and counters go
+# through pcall: a failure to write them (an ACL, say) must never cost a webhook its 2xx.
 _ENQUEUE = """
 local out = {}
 local queued = 0
@@ -49,24 +50,24 @@ for i = 1, n do
     redis.call('PEXPIREAT', bucket, ARGV[a + 1])
     redis.call('PSETEX', KEYS[2 * i + 3], ARGV[1], ARGV[a + 2])
     redis.call('ZADD', KEYS[1], ARGV[a + 3], ARGV[a + 4])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
       'k', 'r', 'j', ARGV[a + 2])
     queued = queued + 1
     out[i] = 1
   else
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'u', 'd', ARGV[a + 4])
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'u', 'd', ARGV[a + 4])
     out[i] = 0
   end
 end
 if queued > 0 then
-  redis.call('HINCRBY', KEYS[2], 'accepted', queued)
+  redis.pcall('HINCRBY', KEYS[2], 'accepted', queued)
   redis.call('PUBLISH', ARGV[2], '')
 end
 if queued < n then
-  redis.call('HINCRBY', KEYS[2], 'duplicate', n - queued)
+  redis.pcall('HINCRBY', KEYS[2], 'duplicate', n - queued)
 end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('XTRIM', KEYS[3], 'MINID', '~', ARGV[5])
+redis.pcall('EXPIRE', KEYS[2], ARGV[3])
+redis.pcall('XTRIM', KEYS[3], 'MINID', '~', ARGV[5])
 return out
 """
 
