@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ringez_worker.agents.phone import is_e164
+from ringez_worker.logs import register_secrets
+from ringez_worker.settings import settings_error
 
 ALL_AGENTS = ("support", "escalation", "recharge")
 
@@ -52,7 +54,8 @@ class AgentSettings(BaseSettings):
     def _known_agents(cls, value: str) -> str:
         unknown = {a.strip() for a in value.split(",") if a.strip()} - set(ALL_AGENTS)
         if unknown:
-            raise ValueError(f"unknown agents {sorted(unknown)}; choose from {list(ALL_AGENTS)}")
+            # The unknown names are not echoed: start-up errors never show a value.
+            raise ValueError(f"unknown agent name; choose from {', '.join(ALL_AGENTS)}")
         return value
 
     @field_validator("escalation_default_number")
@@ -85,6 +88,18 @@ class AgentSettings(BaseSettings):
     def escalation_intents(self) -> frozenset[str]:
         return frozenset(i.strip() for i in self.support_escalation_intents.split(",") if i.strip())
 
+    def model_post_init(self, context: object, /) -> None:
+        register_secrets(self.secret_values())  # the process's one redactor knows them all
+
     def secret_values(self) -> list[str]:
         token = self.recharge_payment_token
         return [token.get_secret_value()] if token and len(token.get_secret_value()) >= 4 else []
+
+
+def load_agent_settings(**overrides: object) -> AgentSettings:
+    """AgentSettings from the environment; a bad value is a SettingsError naming the
+    variable, never its value (like `load_settings`)."""
+    try:
+        return AgentSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise settings_error(exc) from None

@@ -104,13 +104,16 @@ class SupportAgent:
 
         lines = 0
         if event.event == "call.completed":
-            from ringez_worker.api.errors import NotFound
+            from ringez_worker.api.errors import NO_SUCH_CALL_CODES, NotFound
 
             try:
                 transcript = await ctx.ringez.transcripts.get(call_id)
                 lines = len(transcript.transcript or [])
-            except NotFound:
-                pass  # no transcript kept for this call
+            except NotFound as exc:
+                # Only a 404 that names the call means "no transcript"; any other one
+                # (a path the API does not serve) is a real failure.
+                if exc.code not in NO_SUCH_CALL_CODES:
+                    raise
         scores = [float(s) for s in sentiments]
         summary = {
             "call_id": call_id,

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from ringez_worker.timestamps import parse_timestamp
+
+
+def _timestamp(value: object) -> datetime:
+    # The receiver hands over the datetime it already parsed with the same function.
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    return parse_timestamp(value)
+
+
+# Always aware: the shared parser decides, never pydantic's own (wider) datetime rules.
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 
 
 class _Data(BaseModel):
@@ -56,7 +69,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     event: str
-    timestamp: datetime
+    timestamp: Timestamp
     data: _Data
     delivery_id: str = ""
 

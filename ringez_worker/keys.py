@@ -41,6 +41,10 @@ class Keys:
     def failed(self) -> str:
         return f"{self.prefix}:failed"
 
+    @property
+    def ready_probe(self) -> str:
+        return f"{self.prefix}:ready-probe"
+
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 

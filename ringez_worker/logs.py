@@ -23,8 +23,14 @@ _SENSITIVE_KEYS = ("secret", "api_key", "apikey", "authorization", "password", "
 class Redactor:
     """A structlog processor that removes secret values from every event dict."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also remove `secrets` from now on (longest first, so no part of one survives)."""
+        known = set(self._secrets) | {s for s in secrets if s}
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
         """`value` with every secret replaced, recursing into dicts, lists and tuples."""
@@ -58,6 +64,17 @@ class Redactor:
         return event_dict
 
 
+# The process's one redactor: every settings object adds its secrets when it is built
+# (Settings, AgentSettings), and logs, errors, the failed-events record and metrics all
+# scrub through it, so a secret one layer knows cannot leak through another's output.
+REDACTOR = Redactor()
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Add secret values to the process's redactor."""
+    REDACTOR.add(secrets)
+
+
 @functools.lru_cache(maxsize=1024)
 def _is_sensitive(key: str) -> bool:
     lowered = key.lower()
@@ -85,7 +102,8 @@ def configure_logging(
         _iso_timestamp,
     ]
     # Redaction comes last before rendering, so nothing added later can carry a secret out.
-    tail: list[Any] = [structlog.processors.format_exc_info, Redactor(secrets)]
+    register_secrets(secrets)
+    tail: list[Any] = [structlog.processors.format_exc_info, REDACTOR]
     # Our own lines skip stdlib logging (they are on the hot path, one per webhook and per
     # handler run): the level is checked at the call, the line rendered once and written.
     structlog.configure(

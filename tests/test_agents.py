@@ -18,6 +18,7 @@ from ringez_worker.worker.cli import post_webhook
 from ringez_worker.worker.envelope import delivery_id
 from tests.agent_stack import agent_stack
 from tests.conftest import event_body, wait_for
+from tests.processes import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -306,3 +307,48 @@ async def test_user_intent_handlers_run_beside_the_built_in_ones(redis_url, redi
     # The built-in account answer read the wallet and spoke the answer.
     assert stack.requests("/wallet/balance")
     assert stack.requests("/agents/voice-synthesis")
+
+
+async def test_a_payment_token_the_api_echoes_stays_out_of_the_failed_record(
+    redis_url, redis_client
+):
+    # The token lives in AgentSettings, not Settings: the one redactor must know it too.
+    token = "tok_declined_s3cr3t_5e81"
+    async with agent_stack(redis_url, agent_config={"recharge_payment_token": token}) as stack:
+        session = stack.sandbox.sandbox.state.create_session(initial_minutes=1)
+        body = low_balance_event(session.session_id, 1, 0)
+        status, _ = await post_webhook(stack.receiver_url, body, stack.settings.webhook_secrets[0])
+        assert status == 202
+
+        async def recorded() -> bool:
+            return await redis_client.hexists("rz:failed", delivery_id(body))
+
+        await wait_for(recorded, what="the failed-events record")
+        assert stack.charges(session.session_id)[0]["json"]["payment_token"] == token
+        raw = await redis_client.hget("rz:failed", delivery_id(body))
+        assert token not in raw.decode()
+        assert "[redacted]" in raw.decode()
+        shown = run_cli("failed", "show", delivery_id(body)[:12], env={"REDIS_URL": redis_url})
+        assert shown.returncode == 0, shown.stderr
+        assert "PaymentFailed" in shown.stdout
+        assert token not in shown.stdout + shown.stderr
+
+
+async def test_only_a_404_naming_the_call_reads_as_no_transcript(redis_url, redis_client):
+    from ringez_worker.sandbox.config import FaultConfig
+
+    # The first transcript request gets a 404 that is not "no such call" (a path the
+    # API does not serve); the second is the sandbox's own 404 for an unknown call.
+    faults = FaultConfig(fail_next=[404], path_prefix="/api/v1/transcripts")
+    async with agent_stack(redis_url, sandbox_config={"faults": faults}) as stack:
+        secret = stack.settings.webhook_secrets[0]
+        odd = event_body("call.completed", duration=3, call_id="call_odd404")
+        unknown = event_body("call.completed", duration=3, call_id="call_unknown")
+        assert (await post_webhook(stack.receiver_url, odd, secret))[0] == 202
+        await wait_for(drained(redis_client, stack.settings), what="the first completion")
+        assert (await post_webhook(stack.receiver_url, unknown, secret))[0] == 202
+        await wait_for(drained(redis_client, stack.settings), what="the second completion")
+        assert len(stack.requests("/transcripts/call_odd404")) == 1
+        assert await redis_client.hexists("rz:failed", delivery_id(odd))
+        assert not await redis_client.hexists("rz:failed", delivery_id(unknown))
+        assert await redis_client.exists("rz:summary:call_unknown")

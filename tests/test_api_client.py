@@ -24,6 +24,7 @@ from ringez_worker.api import (
     CallSettings,
     Forbidden,
     InsufficientBalance,
+    InvalidId,
     InvalidResponse,
     NotFound,
     RateLimited,
@@ -393,10 +394,27 @@ async def test_endpoint_shapes(
     assert (seen.method, seen.path, seen.query, seen.json) == (method, path, query, body)
 
 
-async def test_ids_are_quoted_into_one_path_segment(api: FakeRingez, client: RingezClient):
-    await client.calls.get("../sessions/x")
+@pytest.mark.parametrize("bad", ["..", ".", "...", "", "../sessions/x", "a/b", "a%2Fb", "a b", "é"])
+async def test_ids_that_are_not_one_plain_segment_are_refused_before_any_request(
+    api: FakeRingez, client: RingezClient, bad: str
+):
+    # `..` as a call id used to send GET /api/v1/ (and /calls/../actions, POST /actions).
+    for call in (
+        client.transcripts.get(bad),
+        client.calls.get(bad),
+        client.calls.transfer(bad, transfer_to="+15005550006"),
+        client.sessions.get(bad),
+    ):
+        with pytest.raises(InvalidId) as info:
+            await call
+        assert info.value.retryable is False
+    assert api.seen == []
+
+
+async def test_a_plain_id_is_sent_as_it_is(api: FakeRingez, client: RingezClient):
+    await client.calls.get("call_5a26.75-e~f")
     [seen] = api.seen
-    assert seen.raw_path == "/calls/..%2Fsessions%2Fx"
+    assert seen.raw_path == "/calls/call_5a26.75-e~f"
 
 
 async def test_sentiment_needs_exactly_one_text(client: RingezClient) -> None:
@@ -836,3 +854,18 @@ async def test_a_refused_connection_is_known_not_to_have_run() -> None:
         with pytest.raises(RingezUnavailable) as caught:
             await c.calls.transfer("c1", transfer_to="+15005550006")
     assert not caught.value.maybe_executed
+
+
+async def test_an_error_echoing_a_registered_secret_is_scrubbed_where_it_is_made(
+    api: FakeRingez, client: RingezClient
+) -> None:
+    from ringez_worker.logs import register_secrets
+
+    token = "tok_unit_echoed_secret_77"
+    register_secrets([token])  # what AgentSettings does with RECHARGE_PAYMENT_TOKEN
+    message = {"error": "payment_declined", "message": f"payment token {token} was declined"}
+    api.script("POST", "/wallet/add-credits", Reply(status=402, body=message))
+    with pytest.raises(RingezError) as info:
+        await client.request("POST", "/wallet/add-credits", json={"payment_token": token})
+    assert token not in f"{info.value} {info.value!r} {info.value.body}"
+    assert "[redacted]" in str(info.value.body)

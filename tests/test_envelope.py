@@ -13,8 +13,11 @@ def parse(payload: object) -> envelope.Envelope:
     return envelope.parse(body, now=NOW, window_seconds=3600, skew_seconds=300)
 
 
+DATA = {"call_id": "call_1", "session_id": "sess_1"}
+
+
 def ok(**over: object) -> dict:
-    return {"event": "call.answered", "timestamp": "2026-11-24T11:59:00Z", "data": {}, **over}
+    return {"event": "call.answered", "timestamp": "2026-11-24T11:59:00Z", "data": DATA, **over}
 
 
 def test_a_good_body_parses():
@@ -39,6 +42,18 @@ def test_a_good_body_parses():
         ({"event": "call.answered", "data": {}}, 422, "missing_timestamp"),
         (ok(timestamp="yesterday"), 422, "invalid_timestamp"),
         (ok(timestamp=1700000000), 422, "invalid_timestamp"),
+        # Each of these got a 202 and then failed to parse in the worker.
+        (ok(timestamp="2026-W48-2T11:59:00Z"), 422, "invalid_timestamp"),
+        (ok(timestamp="20261124T115900Z"), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24T11Z"), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24T11:59:00+00"), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24T11:59:00+00:00:00"), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24"), 422, "invalid_timestamp"),
+        (ok(timestamp="2026-11-24T11:59:0\u0661Z"), 422, "invalid_timestamp"),
+        # A contract event whose data the typed event could not read.
+        (ok(data={"session_id": "sess_1"}), 422, "invalid_data"),
+        (ok(event="call.completed", data={**DATA, "duration": "long"}), 422, "invalid_data"),
+        (ok(event="balance.low", data={"session_id": "s", "balance": 3}), 422, "invalid_data"),
         (ok(timestamp="2026-11-24T10:00:00Z"), 422, "timestamp_expired"),
         (ok(timestamp="2026-11-24T12:10:00Z"), 422, "timestamp_in_future"),
     ],
@@ -52,6 +67,10 @@ def test_bad_bodies_get_their_own_status_and_code(payload, status, code):
 def test_timestamps_with_offsets_and_naive_ones_are_understood():
     assert parse(ok(timestamp="2026-11-24T13:59:00+02:00")).timestamp == NOW - timedelta(minutes=1)
     assert parse(ok(timestamp="2026-11-24T11:59:00")).timestamp.tzinfo is not None
+
+
+def test_unknown_event_names_pass_with_any_data():
+    assert parse(ok(event="custom.thing", data={"x": 1})).typed.event == "custom.thing"
 
 
 def test_delivery_id_is_the_sha256_of_the_raw_body():

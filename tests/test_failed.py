@@ -129,3 +129,66 @@ async def test_replaying_a_delivery_the_worker_gave_up_on_skips_what_succeeded(
 
         await wait_for(cleared, what="the replay to clear the record")
     assert runs == {"pending": 1}
+
+
+def test_bad_records_are_reported_one_by_one_and_skipped(redis_url, monkeypatch, capsys):
+    # Before the fix one unparsable value made `failed list` and `replay --all` die with a
+    # traceback, and replaying a record with a corrupted body queued a job that could
+    # only fail, while the command said "replayed".
+    import asyncio
+
+    import redis
+    from redis.asyncio import Redis
+
+    from ringez_worker.worker import cli
+    from ringez_worker.worker.dispatch import Dispatcher
+
+    settings = make_settings(redis_url)
+    body = event_body(call_id="good")
+    good = delivery_id(body)
+
+    async def record_good() -> None:
+        client = Redis.from_url(redis_url)
+        await Dispatcher(Router(), settings, client).abandon(good, body.decode(), "gave up", 3)
+        await client.aclose()
+
+    asyncio.run(record_good())
+    complete = {"event": "call.completed", "handlers": {"h": "E"}, "attempts": 1}
+    bad = {
+        "a" * 64: b"{not json",
+        "b" * 64: b'["a", "list"]',
+        "c" * 64: orjson.dumps({"delivery_id": "c" * 64, "handlers": {"h": "E"}}),
+        "d" * 64: orjson.dumps({**complete, "delivery_id": "d" * 64, "body": "garbage"}),
+    }
+    sync = redis.Redis.from_url(redis_url)
+    sync.hset("rz:failed", mapping=bad)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("failed", "list")
+    assert code == 1 and good[:16] in out
+    lines = err.splitlines()
+    assert len(lines) == 4 and "Traceback" not in err
+    for field, reason in zip(
+        sorted(bad), ["not JSON", "not a JSON object", "missing body", "body"], strict=True
+    ):
+        assert any(field[:16] in line and reason in line for line in lines), (field, err)
+
+    code, out, err = run("failed", "show", "dddd")
+    assert code == 1 and "body is not JSON" in err and not out
+
+    code, out, err = run("failed", "replay", "dddd")
+    assert code == 1 and "cannot replay" in err and "replayed" not in out
+    assert sync.zcard(settings.queue_name) == 0
+
+    code, out, err = run("failed", "replay", "--all")
+    assert code == 1 and f"replayed {good[:16]}" in out and len(err.splitlines()) == 4
+    assert [m.decode().split(":")[0] for m in sync.zrange(settings.queue_name, 0, -1)] == [good]
+
+    assert run("failed", "purge", "aaaa")[:2] == (0, "purged 1\n")
+    assert not sync.hexists("rz:failed", "a" * 64)
+    sync.close()

@@ -21,21 +21,36 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import func
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ringez_worker.agents import AgentSettings, build_agents
+from ringez_worker.agents.config import load_agent_settings
 from ringez_worker.api import RingezClient
 from ringez_worker.handlers.loading import load_router
 from ringez_worker.handlers.router import Router
 from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
-from ringez_worker.redis_conn import arq_redis_settings
+from ringez_worker.redis_conn import arq_redis_settings, redis_from_settings
 from ringez_worker.settings import Settings, load_settings
-from ringez_worker.worker.dispatch import Dispatcher
-from ringez_worker.worker.metrics import WorkerMetrics, metrics_response, queue_stats
+from ringez_worker.worker.dispatch import Dispatcher, backoff_seconds
+from ringez_worker.worker.metrics import (
+    WorkerMetrics,
+    metrics_response,
+    queue_stats,
+    redis_readiness,
+)
 from ringez_worker.worker.queue import JOB_FUNCTION, dumps_job, loads_job
 
 log = get_logger("ringez.worker")
+
+# Longest wait between tries while Redis refuses the claim (full, read-only): short, so
+# the backlog drains within seconds of memory being freed.
+_REFUSED_BACKOFF_CAP_S = 5.0
+# Between in-process restarts after Redis went away.
+_RESTART_BACKOFF_BASE_S = 1.0
+_RESTART_BACKOFF_CAP_S = 30.0
 
 
 async def handle_event(
@@ -70,7 +85,7 @@ def build_router(
     if extra is not None:
         router.include(extra)
     users = load_router(settings.handler_modules, use_entry_points=settings.load_entry_points)
-    config = agent_settings if agent_settings is not None else AgentSettings()
+    config = agent_settings if agent_settings is not None else load_agent_settings()
     if settings.ringez_api_key is None:
         if config.agents_enabled.strip():
             log.warning("agents.disabled", why="RINGEZ_API_KEY is not set")
@@ -91,13 +106,8 @@ async def start_worker_http(
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        try:
-            await redis.ping()
-        except Exception as exc:
-            return web.json_response(
-                {"status": "unavailable", "redis": type(exc).__name__}, status=503
-            )
-        return web.json_response({"status": "ok", "redis": "ok"})
+        status, body = await redis_readiness(redis, keys)
+        return web.json_response(body, status=status)
 
     async def scrape(request: web.Request) -> web.Response:
         try:
@@ -129,17 +139,27 @@ async def start_worker_http(
 
 
 def worker_settings(
-    settings: Settings, *, router: Router | None = None, configure_logs: bool = False
+    settings: Settings,
+    *,
+    router: Router | None = None,
+    configure_logs: bool = False,
+    metrics: WorkerMetrics | None = None,
+    serve_http: bool = True,
 ) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping)."""
+    """Keyword arguments for `arq.Worker` (and so a valid arq WorkerSettings mapping).
+
+    `serve_http=False` when the caller owns the /healthz server (`run_restarting`), so it
+    outlives this worker; `metrics` then is the registry that server shows.
+    """
     routes = router if router is not None else build_router(settings)
+    shared_metrics = metrics
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
             configure_logging(settings.log_level, settings.log_format, settings.secret_values())
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
-        metrics = WorkerMetrics()
+        metrics = shared_metrics if shared_metrics is not None else WorkerMetrics()
         ringez = (
             RingezClient.from_settings(settings, redis=ctx["redis"])
             if settings.ringez_api_key is not None
@@ -151,7 +171,8 @@ def worker_settings(
         ctx["dispatcher"] = Dispatcher(
             routes, settings, ctx["redis"], keys=keys, metrics=metrics, ringez=ringez
         )
-        ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
+        if serve_http:
+            ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -187,20 +208,30 @@ def worker_settings(
     }
 
 
+# KEYS: the queue, the in-progress key prefix. ARGV: now ms, lease ms, how many to claim,
+# how many due entries to look at at most. Running jobs stay in the queue's sorted set
+# (arq removes a job when it ends), so the oldest due entries are often jobs already
+# claimed, by this worker or others: skip them and look further, in pages.
 _CLAIM = """
-local now = tonumber(ARGV[1])
+local want = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
 local claimed = {}
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  local key = KEYS[2] .. id
-  if redis.call('EXISTS', key) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
+local n, offset = 0, 0
+while n < want and offset < limit do
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+    'LIMIT', offset, want)
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local key = KEYS[2] .. page[i]
+    if redis.call('EXISTS', key) == 0 then
       redis.call('PSETEX', key, ARGV[2], '1')
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = score
+      claimed[#claimed + 1] = page[i]
+      claimed[#claimed + 1] = page[i + 1]
+      n = n + 1
+      if n == want then break end
     end
   end
+  offset = offset + #page / 2
 end
 return claimed
 """
@@ -222,43 +253,46 @@ class RingezWorker(Worker):
         presence_key: str,
         idle_poll: float = 0.5,
         lease: float = 15.0,
+        presence_ttl: float = 20.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self._presence_key = presence_key
-        self._presence_at = 0.0
+        self._presence_ttl_ms = int(presence_ttl * 1000)
         self._lease_ms = int(lease * 1000)
         self._lease_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wake_channel = wake_channel
         self._idle_poll = max(idle_poll, 0.01)
         self._refill = max(1, self.max_jobs // 4)
         self._listener: asyncio.Task[None] | None = None
         self._claim_sha: str | None = None
+        # How many already-claimed jobs a claim may step over: all workers' running jobs
+        # sit at the head of the queue (ten workers like this one).
+        self._claim_scan = max(1000, 10 * self.max_jobs)
+        self._refusals = 0
         # arq's loop sleeps poll_delay between iterations; the wait happens in _poll_iteration.
         self.poll_delay_s = 0
 
     async def _poll_iteration(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen())
-        if self._lease_task is None or self._lease_task.done():
-            self._lease_task = asyncio.create_task(self._renew_leases())
+        self._ensure_tasks()
         self._wake.clear()
         free = self.max_jobs - self.job_counter
         backlog = False
-        if self.allow_pick_jobs and free > 0:
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=free
-            )
-            if job_ids:
-                await self._claim_and_start(job_ids)
-            backlog = len(job_ids) == free
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()  # surfaces errors in run_job, as arq does
-        await self.heart_beat()
-        await self._presence()
+        try:
+            if self.allow_pick_jobs and free > 0:
+                # Every slot filled: more may be queued. Fewer: nothing else is due.
+                backlog = await self._claim_and_start(free) == free
+        except (RedisConnectionError, RedisTimeoutError):
+            raise  # Redis is gone: arq exits and `ringez-worker worker` restarts it
+        except RedisError as exc:
+            # Redis answers but refuses (a full Redis under noeviction, READONLY after a
+            # failover): wait here and try again, rather than exit and crash-loop.
+            await self._back_off(exc)
+            return
+        self._refusals = 0
+        self._reap()
         if backlog:
             # More is queued than we could take: poll again once a batch of slots is free.
             while self.max_jobs - self.job_counter < self._refill and self.allow_pick_jobs:
@@ -267,6 +301,44 @@ class RingezWorker(Worker):
         else:
             await self._wait_for_wake()
 
+    def _ensure_tasks(self) -> None:
+        # Heartbeat, lease renewal and the wake listener run beside the poll loop, so a
+        # worker with every slot busy still reports itself alive and keeps its leases.
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.create_task(self._renew_leases())
+        if self._beat_task is None or self._beat_task.done():
+            self._beat_task = asyncio.create_task(self._beat())
+
+    def _reap(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if not task.done():
+                continue
+            del self.tasks[job_id]
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, (RedisError, OSError)):
+                # arq's own bookkeeping for the job failed (a refused write, a lost
+                # connection): the job stays queued and claimed, so once its lease runs out
+                # it runs again; the worker itself carries on.
+                log.warning(
+                    "worker.job_bookkeeping_failed", job_id=job_id, error=type(exc).__name__
+                )
+                continue
+            task.result()  # surfaces other errors in run_job, as arq does
+
+    async def _back_off(self, exc: RedisError) -> None:
+        self._refusals += 1
+        delay = backoff_seconds(self._refusals, self._idle_poll, _REFUSED_BACKOFF_CAP_S)
+        log.warning(
+            "worker.redis_refused",
+            error=type(exc).__name__,
+            attempt=self._refusals,
+            retry_in_s=round(delay, 3),
+        )
+        self._reap()
+        await asyncio.sleep(delay)
+
     async def _wait_for_wake(self) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
         # that arrives as the wake fires, and the worker would then never stop.
@@ -274,10 +346,11 @@ class RingezWorker(Worker):
             async with asyncio.timeout(self._idle_poll):
                 await self._wake.wait()
 
-    async def _claim_and_start(self, job_ids: list[bytes]) -> None:
+    async def _claim_and_start(self, free: int) -> int:
+        """Claim up to `free` due, unclaimed jobs in one call and start them; how many."""
         # A short lease, renewed while the job runs, instead of arq's job_timeout + 10 s:
         # a killed worker's jobs are picked up by others after one lease, not minutes.
-        args = [timestamp_ms(), self._lease_ms, *job_ids]
+        args = [timestamp_ms(), self._lease_ms, free, free + self._claim_scan]
         keys = [self.queue_name, in_progress_key_prefix]
         if self._claim_sha is None:
             self._claim_sha = await self.pool.script_load(_CLAIM)
@@ -293,6 +366,7 @@ class RingezWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        return len(claimed) // 2
 
     def handle_sig_wait_for_completion(self, signum: Any) -> None:
         # arq stops taking jobs and waits up to job_completion_wait for running ones.
@@ -312,6 +386,11 @@ class RingezWorker(Worker):
                 await dispatcher.abandon(
                     delivery_id, body, "worker gave up: crashed or timed out on every try", tries
                 )
+        except (RedisError, OSError) as exc:
+            # Keep the job (its lease runs out and it is tried again) rather than drop it
+            # with no record: the delete below would go through even on a full Redis.
+            log.error("worker.abandon_record_failed", job_id=job_id, error=type(exc).__name__)
+            return
         except Exception as exc:
             log.error("worker.abandon_record_failed", job_id=job_id, error=type(exc).__name__)
         await super().finish_failed_job(job_id, result_data)
@@ -331,12 +410,20 @@ class RingezWorker(Worker):
             except Exception as exc:
                 log.warning("worker.lease_renewal_failed", error=type(exc).__name__)
 
+    async def _beat(self) -> None:
+        # Every quarter of the presence TTL: a missed beat or two never lets presence lapse.
+        while True:
+            try:
+                await self.heart_beat()
+                await self._presence()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a refused or lost write; the next beat tries again
+                log.debug("worker.heartbeat_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._presence_ttl_ms / 4000)
+
     async def _presence(self) -> None:
         # `ringez-worker status` counts workers by these keys; they expire with the worker.
-        now = time.monotonic()
-        if now - self._presence_at < 5:
-            return
-        self._presence_at = now
         stats = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -345,8 +432,9 @@ class RingezWorker(Worker):
             "failed": self.jobs_failed,
             "retried": self.jobs_retried,
             "at_ms": int(time.time() * 1000),
+            "every_ms": self._presence_ttl_ms // 4,
         }
-        await self.pool.set(self._presence_key, orjson.dumps(stats), ex=20)
+        await self.pool.set(self._presence_key, orjson.dumps(stats), px=self._presence_ttl_ms)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -372,19 +460,38 @@ class RingezWorker(Worker):
         with contextlib.suppress(Exception):
             if self._pool is not None:
                 await self.pool.delete(self._presence_key)
-        for task in (self._listener, self._lease_task):
+        for task in (self._listener, self._lease_task, self._beat_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        await super().close()
+        # arq's close gathers the job tasks and stops at the first one that raised.
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        try:
+            await super().close()
+        except (RedisError, OSError):
+            # Redis is gone: arq's close stopped at deleting its health key, before
+            # on_shutdown and the pool; finish both so a restart leaks nothing.
+            with contextlib.suppress(Exception):
+                if self.on_shutdown:
+                    await self.on_shutdown(self.ctx)
+            with contextlib.suppress(Exception):
+                await self.pool.aclose(close_connection_pool=True)
+            self._pool = None
 
 
 def create_worker(
-    settings: Settings, *, router: Router | None = None, **overrides: Any
+    settings: Settings,
+    *,
+    router: Router | None = None,
+    metrics: WorkerMetrics | None = None,
+    serve_http: bool = True,
+    **overrides: Any,
 ) -> RingezWorker:
     """A RingezWorker for `settings`; `overrides` go to arq.Worker (tests use `burst`)."""
-    kwargs = {**worker_settings(settings, router=router), **overrides}
+    base = worker_settings(settings, router=router, metrics=metrics, serve_http=serve_http)
+    kwargs = {**base, **overrides}
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     name = f"{socket.gethostname()}:{os.getpid()}:{id(kwargs):x}"
     return RingezWorker(
@@ -392,8 +499,66 @@ def create_worker(
         presence_key=keys.worker(name),
         idle_poll=settings.worker_poll_delay_seconds,
         lease=settings.job_lease_seconds,
+        presence_ttl=settings.worker_presence_ttl_seconds,
         **kwargs,
     )
+
+
+async def run_restarting(settings: Settings, *, router: Router | None = None) -> int:
+    """Run workers one after another on this loop until a signal stops one.
+
+    arq exits when Redis goes away; each exit starts a fresh worker after a backoff. The
+    /healthz, /readyz, /metrics server and its Redis client belong to this loop, not to
+    a worker, so the probes keep answering (readyz: 503) through an outage and after it.
+    """
+    routes = router if router is not None else build_router(settings)
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    metrics = WorkerMetrics()
+    probe_redis = redis_from_settings(settings)
+    http = await start_worker_http(settings, probe_redis, keys, metrics)
+    failures = 0
+    try:
+        while True:
+            worker = create_worker(settings, router=routes, metrics=metrics, serve_http=False)
+            started = time.monotonic()
+            try:
+                await worker.async_run()
+                return 0
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this loop itself is being cancelled
+                return 0  # arq's signal handler cancelled the worker: a normal stop
+            except (RedisError, OSError) as exc:
+                # A worker that ran a while starts the backoff over.
+                failures = 1 if time.monotonic() - started > 30 else failures + 1
+                delay = backoff_seconds(failures, _RESTART_BACKOFF_BASE_S, _RESTART_BACKOFF_CAP_S)
+                log.warning("worker.redis_lost", error=type(exc).__name__, restart_in_s=delay)
+            finally:
+                await worker.close()
+            if await _stopped_within(delay):
+                return 0
+    finally:
+        if http is not None:
+            await http.cleanup()
+        await probe_redis.aclose()
+
+
+async def _stopped_within(seconds: float) -> bool:
+    """Wait `seconds`; True if SIGTERM or SIGINT came meanwhile (no worker owns them now)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return True
 
 
 def __getattr__(name: str) -> Any:

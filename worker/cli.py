@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -62,28 +63,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.app import run_restarting
 
     _setup(settings)
     _use_uvloop()
-    delay = 1.0
-    while True:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        worker = create_worker(settings)
-        started = time.monotonic()
-        try:
-            worker.run()
-            return 0
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            # arq exits when Redis goes away; a worker that restarts itself keeps draining.
-            delay = 1.0 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
-            log.warning("worker.redis_lost", error=type(exc).__name__, restart_in_s=delay)
-            time.sleep(delay)
-        except KeyboardInterrupt:
-            return 0
+    try:
+        return asyncio.run(run_restarting(settings))
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -181,59 +168,99 @@ def _ms(value: int | None) -> str:
 async def _failed(settings: Settings, args: argparse.Namespace) -> int:
     from ringez_worker.keys import Keys
     from ringez_worker.redis_conn import redis_from_settings
-    from ringez_worker.worker import failed
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
-    ttl_ms = settings.handler_state_ttl_seconds * 1000
     redis = redis_from_settings(settings)
     try:
         if args.action == "list":
-            records = await failed.list_failed(redis, keys)
-            if not records:
-                print("no failed events")
-                return 0
-            print(
-                f"{'DELIVERY':<16} {'EVENT':<24} {'TRIES':>5}  {'LAST FAILED (UTC)':<19}  HANDLERS"
-            )
-            for r in records:
-                names = ", ".join(sorted(r["handlers"]))
-                print(
-                    f"{r['delivery_id'][:16]:<16} {r['event'] or '-':<24} {r['attempts']:>5}  "
-                    f"{_ms(r['last_failed_ms']):<19}  {names}"
-                )
-            return 0
+            return await _failed_list(redis, keys)
         if args.action == "show":
-            record = await failed.get_failed(redis, keys, args.id)
-            if record is None:
-                print(f"no failed event {args.id}", file=sys.stderr)
-                return 1
-            print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
-            return 0
+            return await _failed_show(redis, keys, args.id)
         if args.action == "replay":
-            ids = (
-                [r["delivery_id"] for r in await failed.list_failed(redis, keys)]
-                if args.all
-                else [args.id]
-            )
-            if not ids or ids == [None]:
-                print("name a delivery id or --all", file=sys.stderr)
-                return 2
-            missing = 0
-            for delivery in ids:
-                job = await failed.replay(redis, keys, delivery, ttl_ms)
-                missing += job is None
-                print(f"replayed {delivery[:16]} as job {job}" if job else f"no failed {delivery}")
-            return 1 if missing else 0
+            ttl_ms = settings.handler_state_ttl_seconds * 1000
+            return await _failed_replay(redis, keys, args, ttl_ms)
         if args.action == "purge":
-            if not args.all and not args.id:
-                print("name a delivery id or --all", file=sys.stderr)
-                return 2
-            count = await failed.purge(redis, keys, None if args.all else args.id)
-            print(f"purged {count}")
-            return 0
+            return await _failed_purge(redis, keys, args)
     finally:
         await redis.aclose()
     return 2
+
+
+def _report_bad(bad: Sequence[Exception]) -> None:
+    # One line each, on stderr: a corrupted record must not hide the good ones.
+    for record in bad:
+        print(f"skipped {record}", file=sys.stderr)
+
+
+async def _failed_list(redis, keys) -> int:
+    from ringez_worker.worker import failed
+
+    records, bad = await failed.scan_failed(redis, keys)
+    _report_bad(bad)
+    if not records:
+        print("no failed events" if not bad else "no readable failed events")
+        return 1 if bad else 0
+    print(f"{'DELIVERY':<16} {'EVENT':<24} {'TRIES':>5}  {'LAST FAILED (UTC)':<19}  HANDLERS")
+    for r in records:
+        names = ", ".join(sorted(r["handlers"]))
+        event = r.get("event") if isinstance(r.get("event"), str) else "-"
+        print(
+            f"{r['delivery_id'][:16]:<16} {event:<24} {r.get('attempts', '-'):>5}  "
+            f"{_ms(r.get('last_failed_ms')):<19}  {names}"
+        )
+    return 1 if bad else 0
+
+
+async def _failed_show(redis, keys, delivery_id: str) -> int:
+    from ringez_worker.worker import failed
+
+    try:
+        record = await failed.get_failed(redis, keys, delivery_id)
+    except failed.BadRecord as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"no failed event {delivery_id}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def _failed_replay(redis, keys, args: argparse.Namespace, ttl_ms: int) -> int:
+    from ringez_worker.worker import failed
+
+    bad: list[Exception] = []
+    if args.all:
+        records, bad = await failed.scan_failed(redis, keys)
+        ids = [r["delivery_id"] for r in records]
+        _report_bad(bad)
+    else:
+        ids = [args.id] if args.id else []
+    if not ids and not bad:
+        print("name a delivery id or --all", file=sys.stderr)
+        return 2
+    problems = len(bad)
+    for delivery in ids:
+        try:
+            job = await failed.replay(redis, keys, delivery, ttl_ms)
+        except failed.BadRecord as exc:
+            print(f"cannot replay: {exc}", file=sys.stderr)
+            problems += 1
+            continue
+        problems += job is None
+        print(f"replayed {delivery[:16]} as job {job}" if job else f"no failed {delivery}")
+    return 1 if problems else 0
+
+
+async def _failed_purge(redis, keys, args: argparse.Namespace) -> int:
+    from ringez_worker.worker import failed
+
+    if not args.all and not args.id:
+        print("name a delivery id or --all", file=sys.stderr)
+        return 2
+    count = await failed.purge(redis, keys, None if args.all else args.id)
+    print(f"purged {count}")
+    return 0
 
 
 async def _status(settings: Settings) -> int:
@@ -252,31 +279,63 @@ async def _status(settings: Settings) -> int:
                 workers.append(orjson.loads(raw))
     finally:
         await redis.aclose()
+    now_ms = time.time() * 1000
+    live = [w for w in workers if not _stale(w, now_ms)]
+    stale = [w for w in workers if _stale(w, now_ms)]
+    newest = max((now_ms - w["at_ms"] for w in live), default=0.0) / 1000
+    alive = str(len(live)) + (f" ({len(stale)} stale, not counted)" if stale else "")
     rows = [
         ("queue", settings.queue_name),
         ("queued jobs", str(stats["depth"])),
         ("oldest due job", f"{stats['oldest_age_s']:.1f} s"),
-        ("workers alive", str(len(workers))),
-        ("jobs running", str(sum(w["running"] for w in workers))),
+        ("workers alive", alive),
+        (
+            "jobs running",
+            f"{sum(w['running'] for w in live)} (as reported {newest:.1f} s ago at most)",
+        ),
         ("failed events", str(stats["failed"])),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     for w in sorted(workers, key=lambda w: (w["host"], w["pid"])):
+        seen = (now_ms - w["at_ms"]) / 1000
+        state = "STALE, killed or stuck? " if _stale(w, now_ms) else ""
         print(
-            f"  worker {w['host']}:{w['pid']}  running={w['running']} complete={w['complete']} "
-            f"failed={w['failed']} retried={w['retried']}"
+            f"  worker {w['host']}:{w['pid']}  {state}seen {seen:.1f} s ago  "
+            f"running={w['running']} complete={w['complete']} failed={w['failed']} "
+            f"retried={w['retried']}"
         )
     return 0
 
 
+def _stale(worker: dict, now_ms: float) -> bool:
+    # A live worker rewrites its record every `every_ms` (busy or not); one that missed two
+    # beats was most likely killed, though its record has not expired yet.
+    return now_ms - worker["at_ms"] > 2 * worker.get("every_ms", 5000)
+
+
+def _against_redis(coro: Any) -> int:
+    """Run a command that needs Redis; Redis away is one line and exit 2, not a traceback."""
+    from redis.exceptions import RedisError
+
+    try:
+        return asyncio.run(coro)
+    except (RedisError, OSError) as exc:
+        # The type only: redis-py's message names the host and port from REDIS_URL.
+        print(
+            f"ringez-worker: REDIS_URL: Redis is unreachable ({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        return 2
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_status(settings))
+    return _against_redis(_status(settings))
 
 
 def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_failed(settings, args))
+    return _against_redis(_failed(settings, args))
 
 
 def build_parser() -> argparse.ArgumentParser:

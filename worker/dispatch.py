@@ -7,6 +7,7 @@ import dataclasses
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
 from ringez_worker.keys import Keys
-from ringez_worker.logs import Redactor, get_logger
+from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker import activity
 from ringez_worker.worker.deferral import Deferrals
@@ -54,10 +55,17 @@ class Outcome:
 MIN_DEFER_SECONDS = 1.0
 
 
-def rate_limit_wait(exc: BaseException) -> float | None:
-    """How long the API asked us to wait, when `exc` is its rate limit saying so."""
+def outside_wait(exc: BaseException, backoff: float) -> float | None:
+    """How long to defer when `exc` is something outside the handler standing in the way,
+    not the handler failing: the API's rate limit (its Retry-After), or Redis refusing a
+    command (a full Redis, a failover, a lost connection; `backoff`). Such a deferral is
+    not one of JOB_MAX_TRIES: the chaos run's 2 s completion-write fault burned all five
+    tries of a 0.2 s backoff in under two seconds and sent live deliveries to the record.
+    """
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return max(MIN_DEFER_SECONDS, exc.retry_after)
+    if isinstance(exc, RedisError):
+        return max(MIN_DEFER_SECONDS, backoff)
     return None
 
 
@@ -91,8 +99,9 @@ class Dispatcher:
             max_seconds=settings.rate_limit_max_defer_seconds,
             ttl_seconds=settings.handler_state_ttl_seconds,
         )
-        # Error text lands in Redis (failed-events record): no secret may ride along.
-        self._redactor = Redactor(settings.secret_values())
+        # Error text lands in Redis (failed-events record): no secret may ride along, of
+        # any settings object (the payment token is the agents').
+        self._redactor = REDACTOR
 
     async def dispatch(
         self,
@@ -107,15 +116,58 @@ class Dispatcher:
         """Run the handlers still owed for this delivery; raise arq `Retry` while tries remain.
 
         `job_try` is arq's count of this job's runs (`job_id`, the delivery id by default);
-        rate-limit deferrals are taken off it (worker/deferral.py)."""
-        payload = orjson.loads(body)
+        rate-limit deferrals are taken off it (worker/deferral.py).
+
+        A Redis error anywhere on this path (the completion-record read, the failed-events
+        record, its deletion) becomes a `Retry` too: arq deletes a job that raises a plain
+        exception, and with it every sibling failure that was still owed a retry.
+        """
+        try:
+            return await self._dispatch(
+                delivery_id, body, job_try, only, received_ms, job_id or delivery_id
+            )
+        except (RedisError, OSError) as exc:
+            delay = self.backoff(job_try)
+            log.warning(
+                "dispatch.redis_error",
+                delivery_id=delivery_id,
+                error=type(exc).__name__,
+                attempt=job_try,
+                defer_s=round(delay, 3),
+            )
+            self.metrics.retries.inc()
+            # Past the last try too: the next try writes the failed-events record, and
+            # arq's own limit (two tries above ours) ends in `abandon`, which only lets
+            # the job go once that record is written.
+            raise Retry(defer=delay) from exc
+
+    def backoff(self, job_try: int) -> float:
+        """This project's retry delay after try number `job_try`."""
+        return backoff_seconds(
+            job_try, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds
+        )
+
+    async def _dispatch(
+        self,
+        delivery_id: str,
+        body: str,
+        job_try: int,
+        only: list[str] | None,
+        received_ms: int | None,
+        job_id: str,
+    ) -> Outcome:
+        payload = _payload(body)
         event_name = payload.get("event", "")
+        if not isinstance(event_name, str):
+            event_name = ""
         outcome = Outcome(delivery_id=delivery_id, event=event_name)
+        data = payload.get("data")
+        data = data if isinstance(data, dict) else {}
         bound = log.bind(
             delivery_id=delivery_id,
             event_type=event_name,
-            call_id=(payload.get("data") or {}).get("call_id"),
-            session_id=(payload.get("data") or {}).get("session_id"),
+            call_id=data.get("call_id"),
+            session_id=data.get("session_id"),
         )
         if received_ms is not None:
             bound.debug("dispatch.start", queued_ms=int(time.time() * 1000) - received_ms)
@@ -135,7 +187,6 @@ class Dispatcher:
         # replays may.
         done = set() if job_try == 1 and only is None else await self._done(delivery_id)
         pending = [h for h in handlers if h.name not in done]
-        job_id = job_id or delivery_id
         tries = await self.deferrals.tries(job_id, job_try)
         outcome.skipped = [h.name for h in handlers if h.name in done]
 
@@ -164,18 +215,13 @@ class Dispatcher:
                 await self.redis.hdel(self.keys.failed, delivery_id)
             return outcome
         if waits and None not in waits:
-            # Only the API's rate limit stood in the way: no try used up.
+            # Only the API's rate limit or Redis stood in the way: no try used up.
             return await self._defer(
                 delivery_id, body, (job_id, job_try, tries), outcome, waits, bound
             )
         if retryable and tries < self.settings.job_max_tries:
-            delay = backoff_seconds(
-                tries,
-                self.settings.retry_backoff_seconds,
-                self.settings.retry_backoff_max_seconds,
-            )
             # A rate-limited handler among other failures: not before the API allows.
-            delay = max([delay, *(w for w in waits if w is not None)])
+            delay = max([self.backoff(tries), *(w for w in waits if w is not None)])
             bound.warning(
                 "dispatch.retry",
                 failed=sorted(outcome.failed),
@@ -200,7 +246,7 @@ class Dispatcher:
         waits: list[float | None],
         bound: Any,
     ) -> Outcome:
-        """Defer the job as long as the API asked (raises `Retry`), or, past
+        """Defer the job as long as the API or Redis asked (raises `Retry`), or, past
         RATE_LIMIT_MAX_DEFER_SECONDS in total, record the delivery as failed.
 
         `job`: the job id, arq's run count and our try count."""
@@ -214,7 +260,8 @@ class Dispatcher:
             raise Retry(defer=wait)
         total = await self.deferrals.total(job_id)
         why = (
-            f"rate limited: deferred {total:g} s in total, another {wait:g} s would pass "
+            f"rate limited or Redis refusing: deferred {total:g} s in total, another {wait:g} s "
+            "would pass "
             f"RATE_LIMIT_MAX_DEFER_SECONDS ({self.settings.rate_limit_max_defer_seconds:g})"
         )
         failed = {name: f"{error} ({why})" for name, error in outcome.failed.items()}
@@ -260,17 +307,24 @@ class Dispatcher:
                 error=error,
                 **self._run_fields(ctx, handler, elapsed, api_calls),
             )
-            return error, bool(getattr(exc, "retryable", True)), rate_limit_wait(exc)
-        # Recorded at once, so a crash after this point never runs this handler again.
-        done_key = self.keys.done(ctx.delivery_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(done_key, handler.name, int(time.time() * 1000))
-            pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+            wait = outside_wait(exc, self.backoff(ctx.job_try))
+            return error, bool(getattr(exc, "retryable", True)), wait
+        try:
             elapsed = time.perf_counter() - started
-            activity.add_run(
-                pipe, self.keys, outcome="ok", **self._run_fields(ctx, handler, elapsed, api_calls)
+            run = self._run_fields(ctx, handler, elapsed, api_calls)
+            await self._mark_done(
+                ctx.delivery_id,
+                handler.name,
+                log=lambda pipe: activity.add_run(pipe, self.keys, outcome="ok", **run),
             )
-            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # Not recorded, so a retry runs it again (at least once, as documented); a
+            # failure of its own keeps the siblings' failures in this outcome.
+            self.metrics.handler_runs.labels(handler.name, "unrecorded").inc()
+            log_.warning("handler.completion_unrecorded", error=type(exc).__name__)
+            wait = max(MIN_DEFER_SECONDS, self.backoff(ctx.job_try))
+            return f"completion record not written: {type(exc).__name__}", True, wait
+        elapsed = time.perf_counter() - started
         self.metrics.handler_runs.labels(handler.name, "ok").inc()
         self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
         log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
@@ -288,6 +342,33 @@ class Dispatcher:
             "api_calls": api_calls,
         }
 
+    async def _mark_done(
+        self, delivery_id: str, handler: str, log: Callable[[Any], None] | None = None
+    ) -> None:
+        """Record the handler's success at once, so a crash after it never runs it again.
+
+        The side effect has happened: a short refusal (a failover, a full Redis being
+        freed) is waited out, up to half a lease, rather than running the handler again.
+        """
+        done_key = self.keys.done(delivery_id)
+        deadline = time.monotonic() + self.settings.job_lease_seconds / 2
+        attempt = 0
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(done_key, handler, int(time.time() * 1000))
+                    pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+                    if log is not None:
+                        log(pipe)  # the console's run entry, in the same round trip
+                    await pipe.execute()
+                return
+            except (RedisError, OSError):
+                attempt += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(left, backoff_seconds(attempt, 0.05, 1.0)))
+
     async def _done(self, delivery_id: str) -> set[str]:
         names = await self.redis.hkeys(self.keys.done(delivery_id))
         return {n.decode() if isinstance(n, bytes) else n for n in names}
@@ -303,11 +384,10 @@ class Dispatcher:
     ) -> None:
         await activity.count(self.redis, self.keys, "failed")
         now = int(time.time() * 1000)
-        raw = await self.redis.hget(self.keys.failed, delivery_id)
-        previous = orjson.loads(raw) if raw else {}
+        previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))
         record = {
             "delivery_id": delivery_id,
-            "event": orjson.loads(body).get("event"),
+            "event": _payload(body).get("event"),
             "handlers": failed,
             "attempts": previous.get("attempts", 0) + attempts,
             "first_failed_ms": previous.get("first_failed_ms", now),
@@ -327,3 +407,27 @@ class Dispatcher:
             log.warning(
                 "dispatch.keep_done_failed", delivery_id=delivery_id, error=type(exc).__name__
             )
+
+
+def _payload(body: str) -> dict[str, Any]:
+    """The body as a JSON object; {} when it is not one (then parse_event records why)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _previous(raw: bytes | None) -> dict[str, Any]:
+    # A corrupted earlier record must not stop a new one being written over it.
+    try:
+        previous = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(previous, dict):
+        return {}
+    attempts, first = previous.get("attempts"), previous.get("first_failed_ms")
+    return {
+        "attempts": attempts if isinstance(attempts, int) else 0,
+        **({"first_failed_ms": first} if isinstance(first, int) else {}),
+    }

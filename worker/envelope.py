@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
+
+from ringez_worker.handlers.events import Event, InvalidEvent, parse_event
+from ringez_worker.timestamps import parse_timestamp
 
 MAX_DEPTH = 32
 
@@ -19,6 +22,7 @@ class EnvelopeError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.delivery_id: str | None = None  # set once the signature is known to be good
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,20 +30,13 @@ class Envelope:
     event: str
     timestamp: datetime
     payload: dict
+    # The typed event, parsed exactly as the worker will parse it.
+    typed: Event
 
 
 def delivery_id(body: bytes) -> str:
     """A delivery's identity: redeliveries are byte-identical, so the body hash names it."""
     return hashlib.sha256(body).hexdigest()
-
-
-def parse_timestamp(value: object) -> datetime:
-    """Parse an ISO 8601 timestamp; naive values are taken as UTC."""
-    if not isinstance(value, str) or not value:
-        raise ValueError("timestamp must be an ISO 8601 string")
-    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _depth(value: object, limit: int) -> int:
@@ -57,7 +54,14 @@ def _depth(value: object, limit: int) -> int:
     return deepest
 
 
-def parse(body: bytes, *, now: datetime, window_seconds: int, skew_seconds: int) -> Envelope:
+def parse(
+    body: bytes,
+    *,
+    now: datetime,
+    window_seconds: int,
+    skew_seconds: int,
+    delivery_id: str = "",
+) -> Envelope:
     """Decode and validate a signed body; raise EnvelopeError with the status to answer."""
     try:
         payload = orjson.loads(body)
@@ -85,7 +89,7 @@ def parse(body: bytes, *, now: datetime, window_seconds: int, skew_seconds: int)
         timestamp = parse_timestamp(payload["timestamp"])
     except (ValueError, TypeError):
         raise EnvelopeError(
-            422, "invalid_timestamp", "`timestamp` must be an ISO 8601 date-time"
+            422, "invalid_timestamp", "`timestamp` must be an RFC 3339 date-time"
         ) from None
 
     age = (now - timestamp).total_seconds()
@@ -99,4 +103,10 @@ def parse(body: bytes, *, now: datetime, window_seconds: int, skew_seconds: int)
         raise EnvelopeError(
             422, "timestamp_in_future", f"`timestamp` is more than {skew_seconds} s in the future"
         )
-    return Envelope(event=event, timestamp=timestamp, payload=payload)
+    # The worker's own typed parse decides: what it could not read is refused here, with
+    # a 422 the sender sees, instead of a 202 and a failed-events record replay cannot fix.
+    try:
+        typed = parse_event({**payload, "timestamp": timestamp}, delivery_id)
+    except InvalidEvent as exc:
+        raise EnvelopeError(422, "invalid_data", str(exc)) from None
+    return Envelope(event=event, timestamp=timestamp, payload=payload, typed=typed)

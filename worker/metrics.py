@@ -15,6 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ringez_worker.keys import Keys
 
@@ -110,6 +113,31 @@ async def queue_stats(redis: Redis, keys: Keys) -> dict[str, float]:
         depth, oldest, failed = await pipe.execute()
     age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
     return {"depth": depth, "oldest_age_s": age, "failed": failed}
+
+
+async def redis_readiness(redis: Redis, keys: Keys) -> tuple[int, dict[str, str]]:
+    """(status, body) for /readyz: 200 only when Redis takes a write.
+
+    A PING answers on a full Redis (maxmemory + noeviction) or a read-only replica while
+    every enqueue and claim is refused; one tiny write to one shared key with a short TTL
+    is refused exactly when those are, costs one round trip per probe and leaves nothing
+    behind. (INFO memory would need re-deriving Redis' own OOM rule, and would miss
+    READONLY and MISCONF.)
+    """
+    try:
+        await redis.set(keys.ready_probe, b"1", px=60_000)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        return 503, _not_ready(exc, "redis is unreachable")
+    except OutOfMemoryError as exc:
+        return 503, _not_ready(exc, "redis refuses writes: maxmemory reached (noeviction)")
+    except RedisError as exc:
+        return 503, _not_ready(exc, "redis refuses writes")
+    return 200, {"status": "ok", "redis": "ok"}
+
+
+def _not_ready(exc: BaseException, reason: str) -> dict[str, str]:
+    # The class name only: a Redis error's text may quote the command and its arguments.
+    return {"status": "unavailable", "redis": type(exc).__name__, "reason": reason}
 
 
 def metrics_response(registry: CollectorRegistry) -> web.Response:

@@ -12,15 +12,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from structlog.typing import FilteringBoundLogger
 
-from ringez_worker import signature
 from ringez_worker.handlers.events import EVENT_NAMES
 from ringez_worker.keys import Keys
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
-from ringez_worker.worker import envelope
+from ringez_worker.worker import sansio
 from ringez_worker.worker.activity import RejectCounter
-from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response
+from ringez_worker.worker.metrics import ReceiverMetrics, metrics_response, redis_readiness
 from ringez_worker.worker.queue import EventQueue
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,6 +27,8 @@ REDIS = web.AppKey("redis", Redis)
 QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
+LIMITS = web.AppKey("limits", sansio.Limits)
+SECRETS = web.AppKey("secrets", tuple)
 REJECTS = web.AppKey("rejects", RejectCounter)
 
 
@@ -50,14 +51,6 @@ def _reject(
     return _error(status, code, message)
 
 
-def _content_type_ok(request: web.Request) -> bool:
-    if not request.headers.get("Content-Type"):
-        return True  # not sent: the signature already vouches for the body
-    mime = request.content_type
-    # octet-stream is what many HTTP clients send for raw bytes; the body is still checked.
-    return mime in ("application/json", "application/octet-stream") or mime.endswith("+json")
-
-
 async def receive_webhook(request: web.Request) -> web.Response:
     """POST handler: verify, check, durably enqueue, then answer."""
     metrics = request.app[METRICS]
@@ -71,23 +64,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
 async def _receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
-    sent = request.headers.get(signature.HEADER)
-    if sent is None:
-        return _reject(
-            request, 401, "missing_signature", f"the {signature.HEADER} header is required"
-        )
-    if not signature.is_well_formed(sent.strip()):
-        return _reject(
-            request, 401, "malformed_signature", f"{signature.HEADER} must be 64 hex characters"
-        )
-    if not _content_type_ok(request):
-        return _reject(
-            request, 415, "unsupported_media_type", "Content-Type must be application/json"
-        )
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _reject(
-            request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
-        )
+    limits = request.app[LIMITS]
+    # Every check is in `sansio`; here only the I/O: read the body, enqueue, answer.
+    try:
+        sent = sansio.check_headers(request.headers, limits)
+    except sansio.Rejected as exc:
+        return _reject(request, exc.status, exc.code, exc.message)
     try:
         if request.content.is_eof():
             body = await request.read()  # all of it has arrived: nothing to wait for
@@ -96,25 +78,18 @@ async def _receive(request: web.Request) -> web.Response:
             async with asyncio.timeout(settings.body_read_timeout_seconds):
                 body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _reject(
-            request, 413, "body_too_large", f"body is over {settings.max_body_bytes} bytes"
-        )
+        exc = sansio.too_large(limits)
+        return _reject(request, exc.status, exc.code, exc.message)
     except TimeoutError:
         return _reject(request, 408, "body_timeout", "the body did not arrive in time")
 
-    if not signature.verify(body, sent, settings.webhook_secrets):
-        return _reject(request, 401, "invalid_signature", "signature does not match the body")
-
-    delivery_id = envelope.delivery_id(body)
     try:
-        env = envelope.parse(
-            body,
-            now=datetime.now(UTC),
-            window_seconds=settings.dedupe_window_seconds,
-            skew_seconds=settings.clock_skew_seconds,
-        )
-    except envelope.EnvelopeError as exc:
-        return _reject(request, exc.status, exc.code, exc.message, delivery_id=delivery_id)
+        delivery = sansio.check_body(sent, body, request.app[SECRETS], datetime.now(UTC), limits)
+    except sansio.Rejected as exc:
+        if exc.delivery_id is None:
+            return _reject(request, exc.status, exc.code, exc.message)
+        return _reject(request, exc.status, exc.code, exc.message, delivery_id=exc.delivery_id)
+    delivery_id, env = delivery.id, delivery.envelope
 
     started = time.perf_counter()
     try:
@@ -155,12 +130,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take webhooks: Redis answers."""
-    try:
-        await request.app[REDIS].ping()
-    except (RedisError, OSError) as exc:
-        return _json(503, {"status": "unavailable", "redis": type(exc).__name__})
-    return _json(200, {"status": "ok", "redis": "ok"})
+    """Ready to take webhooks: Redis takes writes (a full Redis answers PING too)."""
+    settings = request.app[SETTINGS]
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    status, body = await redis_readiness(request.app[REDIS], keys)
+    return _json(status, body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -180,6 +154,13 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # aiohttp's own limit backs up the explicit Content-Length check for chunked bodies.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[LIMITS] = sansio.Limits(
+        max_body_bytes=settings.max_body_bytes,
+        window_seconds=settings.dedupe_window_seconds,
+        skew_seconds=settings.clock_skew_seconds,
+    )
+    # Split from the setting once, not on every request.
+    app[SECRETS] = tuple(settings.webhook_secrets)
     app[METRICS] = ReceiverMetrics()
     app[REJECTS] = RejectCounter(Keys(prefix=settings.key_prefix, queue=settings.queue_name))
     # Bound once, with the logging configured now: a lazy proxy would rebuild the logger

@@ -254,12 +254,17 @@ def _kv(mapping: dict[Any, int] | Counter[Any]) -> str:
 
 
 def explain_rerun(
-    runs: list[EffectRun], killed_ms: dict[int, int], redis_stops_ms: list[int]
+    runs: list[EffectRun],
+    killed_ms: dict[int, int],
+    redis_stops_ms: list[int],
+    refusals_ms: list[tuple[int, int]] = (),  # type: ignore[assignment]
 ) -> str | None:
     """Why a handler succeeded more than once, or None if no crash explains it.
 
     Each run but the last must be followed, within CRASH_WINDOW_MS, by the SIGKILL of
-    its worker or a Redis stop: only then could its completion record be missing.
+    its worker or a Redis stop, or fall inside a window where Redis refused writes
+    (longer than the dispatcher waits for a completion record): only then could its
+    completion record be missing.
     """
     runs = sorted(runs, key=lambda r: r.at_ms)
     reasons = []
@@ -271,6 +276,9 @@ def explain_rerun(
         stop = next((s for s in redis_stops_ms if 0 <= s - first.at_ms <= CRASH_WINDOW_MS), None)
         if stop is not None:
             reasons.append(f"Redis stopped {stop - first.at_ms} ms after the run")
+            continue
+        if any(start <= first.at_ms <= end for start, end in refusals_ms):
+            reasons.append("its completion record was refused (write fault window)")
             continue
         return None
     return "; ".join(reasons)

@@ -106,6 +106,7 @@ class Chaos:
     done_fault_seconds: float = 0.0  # how long completion-record writes were refused
     full_seconds: float = 0.0  # how long Redis was full
     readyz_when_full: int | None = None  # the receiver's /readyz status while Redis was full
+    refusals_ms: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # write faults
     worker_starts: int = 0
     longest_wait: float = 0.0  # a due job that no worker held
     waits: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (start, s)
@@ -275,7 +276,8 @@ class Stack:
         """
         cfg = self.cfg
         await sender.acked_at_least(int(cfg.done_fault_at * cfg.events))
-        writable = [f"~{p}" for p in ("arq:*", "ringez:*", "chaos:*", "rz:d:*", "rz:[^d]*")]
+        patterns = ("arq:*", "ringez:*", "chaos:*", "rz:d:*", "rz:deferrals:*", "rz:[^d]*")
+        writable = [f"~{p}" for p in patterns]
         started = time.monotonic()
         await self.client.execute_command(
             "ACL", "SETUSER", "default", "resetkeys", "%R~*", *writable
@@ -286,6 +288,7 @@ class Stack:
         finally:
             await self.client.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
         self.chaos.done_fault_seconds = time.monotonic() - started
+        self.chaos.refusals_ms.append((_ms() - int(self.chaos.done_fault_seconds * 1000), _ms()))
         self.say(
             f"completion-record writes allowed again after {self.chaos.done_fault_seconds:.1f} s"
         )
@@ -313,6 +316,7 @@ class Stack:
         finally:
             await self.client.config_set("maxmemory", "0")
         self.chaos.full_seconds = time.monotonic() - started
+        self.chaos.refusals_ms.append((_ms() - int(self.chaos.full_seconds * 1000), _ms()))
         self.say(f"redis has room again after {self.chaos.full_seconds:.1f} s")
 
     async def monitor(self, sender: Sender, stop: asyncio.Event) -> None:
@@ -553,7 +557,9 @@ async def collect(run: Stack, cfg: ChaosConfig, sender: Sender, load: Load) -> C
     killed_ms = {pid: at for at, pid in run.chaos.kills}
     for d in sorted(acked):
         if effects.get(d, 0) > 1:
-            why = explain_rerun(entries[d], killed_ms, run.chaos.redis_stops_ms)
+            why = explain_rerun(
+                entries[d], killed_ms, run.chaos.redis_stops_ms, run.chaos.refusals_ms
+            )
             runs_text = ", ".join(f"pid {e.pid} try {e.job_try} @{e.at_ms}" for e in entries[d])
             if why is None:
                 r.effect_duplicates_unexplained.append(f"{d[:16]}: {runs_text}")

@@ -21,7 +21,7 @@ from ringez_worker.api.resources import (
     Webhooks,
 )
 from ringez_worker.api.retry import RetryPolicy
-from ringez_worker.api.transport import HttpTransport
+from ringez_worker.api.transport import DEFAULT_MAX_RESPONSE_BYTES, HttpTransport
 from ringez_worker.settings import Settings, require
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class RingezClient:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_attempts: int = 4,
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
@@ -56,6 +57,7 @@ class RingezClient:
             key,
             session=session,
             timeout=timeout,
+            max_response_bytes=max_response_bytes,
             retry=RetryPolicy(
                 max_attempts=max_attempts,
                 backoff_base=backoff_base,
@@ -120,6 +122,7 @@ class RingezClient:
             settings.ringez_agent_id,
             session=session,
             timeout=settings.ringez_timeout_seconds,
+            max_response_bytes=settings.ringez_max_response_bytes,
             rate_limiter=limiter,
         )
 

@@ -67,6 +67,26 @@ class NotFound(RingezError):
     """404: no such session, call or transcript."""
 
 
+class ResponseTooLarge(RingezError):
+    """The answer was larger than RINGEZ_MAX_RESPONSE_BYTES; it was not read to the end.
+
+    Not retryable: the same request would get the same answer. `maybe_executed` is set
+    when its status said the request was carried out.
+    """
+
+
+class InvalidId(ValueError):
+    """An id that is not one plain path segment (empty, `.`, `..`, a `/`, ...), refused
+    before any request: it could only address some other resource."""
+
+    retryable = False  # the same id fails the same way on every try
+
+
+# 404 codes that say the addressed call or transcript does not exist (as opposed to a
+# 404 for a path the API does not serve at all).
+NO_SUCH_CALL_CODES = frozenset({"call_not_found", "transcript_not_found"})
+
+
 class RateLimited(RingezError):
     """429 from the API: try again after `retry_after` seconds (None if it did not say)."""
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from ringez_worker.api import models as m
-from ringez_worker.api.errors import InvalidResponse
+from ringez_worker.api.errors import InvalidId, InvalidResponse
 
 if TYPE_CHECKING:
     from ringez_worker.api.client import RingezClient
@@ -56,11 +56,20 @@ class Resource:
             ) from None
 
 
+# One plain path segment: unreserved characters only (RFC 3986), so an id can never add,
+# remove (`.`, `..`, which clients and servers collapse) or re-encode a segment.
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~.-]{1,256}")
+
+
 def _seg(value: str) -> str:
-    # Ids often come from webhook payloads; quoting keeps one from reaching another path.
-    if not value:
-        raise ValueError("an id must not be empty")
-    return quote(str(value), safe="")
+    """`value` as one path segment; InvalidId, before any request, if it is not plain.
+
+    Ids often come from webhook payloads: `..` as a call id would turn
+    `/transcripts/{id}` into `GET /api/v1/`.
+    """
+    if not isinstance(value, str) or not _PLAIN_SEGMENT.fullmatch(value) or not value.strip("."):
+        raise InvalidId("an id must be 1-256 of A-Z a-z 0-9 _ ~ . - and not only dots")
+    return value
 
 
 def _obj(value: Obj | None) -> Any:

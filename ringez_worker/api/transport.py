@@ -17,19 +17,24 @@ from ringez_worker.api.errors import (
     NOT_EXECUTED_STATUSES,
     InvalidResponse,
     RateLimited,
+    ResponseTooLarge,
     RingezError,
     RingezUnavailable,
     error_for_status,
 )
 from ringez_worker.api.ratelimit import RateLimiter
 from ringez_worker.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from ringez_worker.logs import REDACTED, get_logger
+from ringez_worker.logs import REDACTED, REDACTOR, get_logger
 
 log = get_logger("ringez.api")
 
 # No answer came back: safe to send again (POSTs that create carry an idempotency key).
 _TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 _MAX_ERROR_TEXT = 2048
+# Every API answer is a small JSON object; a far larger one is a fault, never to be
+# buffered whole (a 48 MiB answer took a worker from 68 to 162 MiB).
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
 
 
 class HttpTransport:
@@ -42,6 +47,7 @@ class HttpTransport:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         user_agent: str = "ringez-agent-worker",
@@ -55,6 +61,7 @@ class HttpTransport:
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.max_response_bytes = max_response_bytes
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
         self._user_agent = user_agent
@@ -125,7 +132,7 @@ class HttpTransport:
                     # A redirect would carry the bearer token to wherever it points.
                     allow_redirects=False,
                 ) as resp:
-                    raw = await resp.read()
+                    raw = await self._read_capped(resp, method, path)
                     status = resp.status
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except _TRANSPORT_ERRORS as exc:
@@ -207,6 +214,40 @@ class HttpTransport:
         if pause is not None:
             await pause(seconds, reason)
 
+    async def _read_capped(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+        """The answer's body, refused as soon as it is known to exceed the cap: from
+        Content-Length before reading, else while reading it chunk by chunk."""
+        cap = self.max_response_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            raise self._too_large(resp.status, method, path)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(resp.status, method, path)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int, method: str, path: str) -> ResponseTooLarge:
+        error = ResponseTooLarge(
+            f"{status} from {method} {path}: answer over {self.max_response_bytes} bytes "
+            "(RINGEZ_MAX_RESPONSE_BYTES)",
+            status=status,
+            method=method,
+            path=path,
+        )
+        error.maybe_executed = 200 <= status < 300
+        log.warning(
+            "ringez.response_too_large",
+            method=method,
+            path=path,
+            status=status,
+            limit=self.max_response_bytes,
+        )
+        return error
+
     def _retry_delay(
         self,
         error: RingezError,
@@ -225,9 +266,10 @@ class HttpTransport:
         return self.retry.backoff(attempt)
 
     def _scrubbed_text(self, raw: bytes) -> str:
-        # An error page echoing the request headers must not smuggle the key into an error.
+        # An error page echoing the request headers must not smuggle the key into an error,
+        # nor one echoing the request body any other secret (a payment token).
         text = raw.decode("utf-8", errors="replace")
-        return text.replace(self._api_key.get_secret_value(), REDACTED)
+        return REDACTOR.scrub(text.replace(self._api_key.get_secret_value(), REDACTED))
 
     def _decode_error(self, raw: bytes) -> Any:
         text = self._scrubbed_text(raw)
