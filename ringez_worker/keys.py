@@ -48,13 +48,28 @@ class Keys:
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 
+    def stats(self, minute: int) -> str:
+        """Per-minute counters (a hash: accepted, duplicate, rejected:<reason>, runs) for
+        the console's fleet-wide last hour; `minute` is epoch seconds // 60."""
+        return f"{self.prefix}:stats:{minute}"
+
+    @property
+    def deliveries(self) -> str:
+        """The delivery log: a capped stream of receipts, duplicates and handler runs.
+        (Not under `rz:d…`: that prefix is the dedupe records' and `rz:done:`.)"""
+        return f"{self.prefix}:log"
+
+    def summary(self, call_id: str) -> str:
+        """The support agent's call summary (written by agents/support.py)."""
+        return f"{self.prefix}:summary:{call_id}"
+
+    def call_state(self, call_id: str, name: str) -> str:
+        """An agent's live per-call state (agents/state.py names the same keys)."""
+        return f"{self.prefix}:call:{call_id}:{name}"
+
     @property
     def wake(self) -> str:
         return f"{self.prefix}:wake:{self.queue}"
-
-    def summary(self, call_id: str) -> str:
-        """The support agent's call summary (agents/state.py writes the same name)."""
-        return f"{self.prefix}:summary:{call_id}"
 
     def quality(self, call_id: str) -> str:
         """A per-call quality record ({"mos_score": ...}), written by a quality monitor."""

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     # The worker's own HTTP port for /healthz, /readyz and /metrics (0 turns it off).
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
 
+    # The console (worker/console/) and its delivery log: how long and how many entries
+    # the capped stream keeps (receipts, duplicates, handler runs).
+    delivery_log_retention: int = Field(24 * 3600, ge=60)
+    delivery_log_max_entries: int = Field(20_000, ge=100)
+    console_token: SecretStr | None = None
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8300, ge=0, le=65535)
+    console_base_path: str = ""
+    console_secure_cookie: bool = False
+
     # Extension: extra handler modules, comma-separated.
     ringez_handlers: str = ""
     load_entry_points: bool = True
@@ -136,7 +146,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with /")
         return value
 
-    @field_validator("ringez_webhook_secret", "ringez_api_key", mode="before")
+    @field_validator("console_base_path")
+    @classmethod
+    def _base_path(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("ringez_webhook_secret", "ringez_api_key", "console_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -163,6 +181,8 @@ class Settings(BaseSettings):
             values.append(self.ringez_api_key.get_secret_value())
         if self.ringez_webhook_secret is not None:
             values.append(self.ringez_webhook_secret.get_secret_value())
+        if self.console_token is not None:
+            values.append(self.console_token.get_secret_value())
         # The password inside a redis URL is a secret too.
         password = url_password(self.redis_url)
         if password:

@@ -44,6 +44,8 @@ class Runtime(Protocol):
 
     create_app: Callable[[Settings], web.Application]
     create_worker: Callable[..., Worker]
+    # The web console, when the CLI passes it (`dev` makes its token).
+    create_console: Callable[[Settings], web.Application] | None
 
 
 def _say(text: str = "") -> None:
@@ -88,6 +90,7 @@ async def run_dev(
 
     worker = runtime.create_worker(settings, handle_signals=False)
     worker_task = asyncio.create_task(worker.main())
+    console_runner, console_url, console_token = await _start_console(settings, runtime)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,6 +104,8 @@ async def run_dev(
     _say(f"  receiver  {receiver_url}")
     _say(f"  sandbox   {sandbox.api_url}  (a local Ringez API)")
     _say(f"  metrics   http://127.0.0.1:{settings.port}/metrics")
+    if console_runner is not None:
+        _say(f"  console   {console_url}/login  (token {console_token})")
     _say()
     try:
         runs = [start_scenario(sandbox.sandbox, name, receiver_url) for name in scenarios]
@@ -131,10 +136,36 @@ async def run_dev(
             await worker_task
         await worker.close()
         await runner.cleanup()
+        if console_runner is not None:
+            await console_runner.cleanup()
         await sandbox.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.cleanup)
     return 0
+
+
+async def _start_console(
+    settings: Settings, runtime: Runtime
+) -> tuple[web.AppRunner | None, str, str]:
+    """The console on loopback with a fresh token (unless CONSOLE_TOKEN is set): on
+    CONSOLE_PORT, or a free port when that one is taken."""
+    factory = getattr(runtime, "create_console", None)
+    if factory is None:
+        return None, "", ""
+    import secrets
+
+    if settings.console_token is None:
+        settings = settings.model_copy(update={"console_token": _secret(secrets.token_urlsafe(24))})
+    runner = web.AppRunner(factory(settings), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", settings.console_port).start()
+    except OSError:  # taken (another dev, a console already running): any free port
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    bound = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{bound}{settings.console_base_path}"
+    token = settings.console_token.get_secret_value() if settings.console_token else ""
+    return runner, url, token
 
 
 def _secret(value: str) -> Any:

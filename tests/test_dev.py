@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from ringez_worker.sandbox.redis_server import free_port
@@ -27,6 +30,11 @@ def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():
         out = proc.output()
         # Each scenario's events reached the handlers and the agents acted on them.
         assert "calm: call" in out and "angry: call" in out and "low_balance: call" in out
+        # The console came up with a fresh token, and the printed login works.
+        console = re.search(r"  console   (http://\S+)/login  \(token (\S+)\)", out)
+        assert console, out
+        assert _get(console.group(1) + "/api/overview", console.group(2)) == 200
+        assert _get(console.group(1) + "/api/overview", "wrong") == 401
         assert "escalation transferred to +15005550006" in out
         assert "recharge  charged" in out
         assert "failed events: 0" in out
@@ -61,3 +69,12 @@ def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():
         code = proc.stop(signal.SIGINT)
     assert code == 0
     assert "stopping" in proc.output()
+
+
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -82,3 +82,13 @@ def test_a_mapped_folder_refuses_its_bare_name(name: str) -> None:
     )
     assert done.returncode != 0
     assert f"import ringez_worker.{name}, not {name}" in done.stderr
+
+
+def test_the_wheel_ships_the_console_templates_and_static_files(wheel: Path) -> None:
+    """A plain `pip install .` must carry the console's pages, not only its modules."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    prefix = "ringez_worker/worker/console/"
+    for page in ("base.html", "overview.html", "deliveries.html", "call.html", "failed.html"):
+        assert f"{prefix}templates/{page}" in names
+    assert {f"{prefix}static/console.js", f"{prefix}static/console.css"} <= names

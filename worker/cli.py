@@ -78,6 +78,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from ringez_worker.sandbox.dev import DEFAULT_SCENARIOS, run_dev
     from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.console import create_console_app
     from ringez_worker.worker.receiver import create_app
 
     _setup(settings, "console" if settings.log_format == "auto" else settings.log_format)
@@ -86,12 +87,23 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(
         run_dev(
             settings,
-            types.SimpleNamespace(create_app=create_app, create_worker=create_worker),
+            types.SimpleNamespace(
+                create_app=create_app,
+                create_worker=create_worker,
+                create_console=create_console_app,
+            ),
             scenarios=scenarios,
             sandbox_port=args.sandbox_port,
             exit_after_scenarios=args.exit_after_scenarios,
         )
     )
+
+
+def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.worker.console.serve import run_console
+
+    _setup(settings)
+    return run_console(settings, args.host, args.port, _secrets(settings))
 
 
 def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
@@ -355,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--receiver-url", default=None, help="where its webhooks go")
     sandbox.set_defaults(run=cmd_sandbox)
+
+    console = sub.add_parser("console", help="the web console (deliveries, calls, failed events)")
+    console.add_argument("--host", default=None, help="override CONSOLE_HOST (127.0.0.1)")
+    console.add_argument("--port", type=int, default=None, help="override CONSOLE_PORT (8300)")
+    console.set_defaults(run=cmd_console)
 
     work = sub.add_parser("worker", help="run the arq worker (the `worker` process)")
     work.set_defaults(run=cmd_worker)

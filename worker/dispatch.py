@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from arq import Retry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ringez_worker.api import trace
 from ringez_worker.api.errors import RateLimited
 from ringez_worker.backoff import backoff_seconds
 from ringez_worker.handlers.context import Context, Superseded
@@ -23,6 +25,7 @@ from ringez_worker.jobs import REPLAY_PENDING, TASK, WEBHOOK
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
+from ringez_worker.worker import activity
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 
@@ -226,6 +229,7 @@ class Dispatcher:
                 defer_s=round(delay, 3),
             )
             self.metrics.retries.inc()
+            await activity.count(self.redis, self.keys, "retried")
             await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
@@ -273,6 +277,7 @@ class Dispatcher:
         how long the API's rate limit asked us to wait, if that is what stopped it)."""
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
+        api_calls = trace.start()  # this task's Ringez API requests, for the delivery log
         try:
             # Our own limit, so a stuck handler is a retried failure like any other; arq's
             # job timeout would end the job with no retry and no record.
@@ -296,10 +301,22 @@ class Dispatcher:
             )
             # Errors that know they are final (a 4xx from the Ringez API) say so.
             error = self._redactor.scrub(f"{type(exc).__name__}: {exc}")
+            await activity.log_failed_run(
+                self.redis,
+                self.keys,
+                error=error,
+                **self._run_fields(ctx, handler, elapsed, api_calls),
+            )
             wait = outside_wait(exc, self.backoff(ctx.job_try))
             return error, bool(getattr(exc, "retryable", True)), wait
         try:
-            await self._mark_done(ctx.delivery_id, handler.name)
+            elapsed = time.perf_counter() - started
+            run = self._run_fields(ctx, handler, elapsed, api_calls)
+            await self._mark_done(
+                ctx.delivery_id,
+                handler.name,
+                log=lambda pipe: activity.add_run(pipe, self.keys, outcome="ok", **run),
+            )
         except (RedisError, OSError) as exc:
             # Not recorded, so a retry runs it again (at least once, as documented); a
             # failure of its own keeps the siblings' failures in this outcome.
@@ -313,7 +330,21 @@ class Dispatcher:
         log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
         return None
 
-    async def _mark_done(self, delivery_id: str, handler: str) -> None:
+    def _run_fields(
+        self, ctx: Context, handler: Handler, elapsed: float, api_calls: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "delivery_id": ctx.delivery_id,
+            "handler": handler.name,
+            "job_try": ctx.job_try,
+            "duration_ms": elapsed * 1000,
+            "max_entries": self.settings.delivery_log_max_entries,
+            "api_calls": api_calls,
+        }
+
+    async def _mark_done(
+        self, delivery_id: str, handler: str, log: Callable[[Any], None] | None = None
+    ) -> None:
         """Record the handler's success at once, so a crash after it never runs it again.
 
         The side effect has happened: a short refusal (a failover, a full Redis being
@@ -327,6 +358,8 @@ class Dispatcher:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.hset(done_key, handler, int(time.time() * 1000))
                     pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+                    if log is not None:
+                        log(pipe)  # the console's run entry, in the same round trip
                     await pipe.execute()
                 return
             except (RedisError, OSError):
@@ -356,6 +389,7 @@ class Dispatcher:
         attempts: int,
         kind: str = WEBHOOK,
     ) -> None:
+        await activity.count(self.redis, self.keys, "failed")
         now = int(time.time() * 1000)
         previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))
         record = {

@@ -25,35 +25,49 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
 from ringez_worker.lua import LuaScript
+from ringez_worker.worker.activity import STATS_TTL_SECONDS
 
 
 class NotReplicated(RedisError):
     """Fewer replicas than asked for confirmed a write in time (the receiver answers 503)."""
 
 
-# KEYS: the queue, then (dedupe bucket, job key) per delivery.
-# ARGV: job ttl ms, wake channel, then (dedupe field, bucket expiry ms, job, score, id)
-# per delivery. Returns 1 (queued) or 0 (duplicate) per delivery.
+# KEYS: the queue, this minute's counters, the delivery log, then (dedupe bucket, job key)
+# per delivery.
+# ARGV: job ttl ms, wake channel, counters ttl s, log max entries, log min id (oldest ms
+# kept), then (dedupe field, bucket expiry ms, job, score, id) per delivery.
+# Returns 1 (queued) or 0 (duplicate) per delivery. The console's log and counters go
+# through pcall: a failure to write them (an ACL, say) must never cost a webhook its 2xx.
 _ENQUEUE = LuaScript(
     """
 local out = {}
 local queued = 0
-for i = 1, (#KEYS - 1) / 2 do
-  local a = 2 + 5 * (i - 1)
-  local bucket = KEYS[2 * i]
-  if redis.call('HSETNX', bucket, ARGV[a + 1], '1') == 1 then
-    redis.call('PEXPIREAT', bucket, ARGV[a + 2])
-    redis.call('PSETEX', KEYS[2 * i + 1], ARGV[1], ARGV[a + 3])
-    redis.call('ZADD', KEYS[1], ARGV[a + 4], ARGV[a + 5])
+local n = (#KEYS - 3) / 2
+for i = 1, n do
+  local a = 6 + 5 * (i - 1)
+  local bucket = KEYS[2 * i + 2]
+  if redis.call('HSETNX', bucket, ARGV[a], '1') == 1 then
+    redis.call('PEXPIREAT', bucket, ARGV[a + 1])
+    redis.call('PSETEX', KEYS[2 * i + 3], ARGV[1], ARGV[a + 2])
+    redis.call('ZADD', KEYS[1], ARGV[a + 3], ARGV[a + 4])
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+      'k', 'r', 'j', ARGV[a + 2])
     queued = queued + 1
     out[i] = 1
   else
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'u', 'd', ARGV[a + 4])
     out[i] = 0
   end
 end
 if queued > 0 then
+  redis.pcall('HINCRBY', KEYS[2], 'accepted', queued)
   redis.call('PUBLISH', ARGV[2], '')
 end
+if queued < n then
+  redis.pcall('HINCRBY', KEYS[2], 'duplicate', n - queued)
+end
+redis.pcall('EXPIRE', KEYS[2], ARGV[3])
+redis.pcall('XTRIM', KEYS[3], 'MINID', '~', ARGV[5])
 return out
 """
 )
@@ -73,6 +87,8 @@ class EventQueue:
         max_inflight: int = 4,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        log_max_entries: int = 20_000,
+        log_retention_ms: int = 86_400_000,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -80,6 +96,9 @@ class EventQueue:
         self._job_ttl = str(job_ttl_ms)
         self._max_batch = max_batch
         self._max_inflight = max_inflight
+        # The console's delivery log and counters, written by the same script call.
+        self._log_max = str(log_max_entries)
+        self._log_retention_ms = log_retention_ms
         # With replicas (Sentinel), WAIT in the same round trip: a 2xx then means the
         # event is on `wait_replicas` replicas too, so a failover cannot lose it.
         # WAIT counts this connection's own last write. A batch of duplicates writes
@@ -160,8 +179,19 @@ class EventQueue:
             return await self._evalsha(batch)
 
     async def _evalsha(self, batch: list) -> list[object]:
-        keys: list[object] = [self._keys.queue]
-        argv: list[object] = [self._job_ttl, self._keys.wake]
+        now = time.time()
+        keys: list[object] = [
+            self._keys.queue,
+            self._keys.stats(int(now // 60)),
+            self._keys.deliveries,
+        ]
+        argv: list[object] = [
+            self._job_ttl,
+            self._keys.wake,
+            STATS_TTL_SECONDS,
+            self._log_max,
+            int(now * 1000) - self._log_retention_ms,
+        ]
         for (bucket, job_key, field, expires_at, job, score, delivery_id), _ in batch:
             keys += (bucket, job_key)
             argv += (field, expires_at, job, score, delivery_id)

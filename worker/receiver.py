@@ -18,6 +18,7 @@ from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
 from ringez_worker.worker import sansio
+from ringez_worker.worker.activity import RejectCounter
 from ringez_worker.worker.health import add_health_routes
 from ringez_worker.worker.metrics import ReceiverMetrics
 from ringez_worker.worker.queue import EventQueue
@@ -29,6 +30,7 @@ METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
 LIMITS = web.AppKey("limits", sansio.Limits)
 SECRETS = web.AppKey("secrets", tuple)
+REJECTS = web.AppKey("rejects", RejectCounter)
 
 
 def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -46,6 +48,7 @@ def _reject(
 ) -> web.Response:
     request.app[LOG].info("webhook.rejected", status=status, reason=code, **fields)
     request.app[METRICS].rejected.labels(code).inc()
+    request.app[REJECTS].add(code)  # the console's fleet-wide per-minute count
     return _error(status, code, message)
 
 
@@ -143,6 +146,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # Split from the setting once, not on every request.
     app[SECRETS] = tuple(settings.webhook_secrets)
     app[METRICS] = ReceiverMetrics()
+    app[REJECTS] = RejectCounter(Keys(prefix=settings.key_prefix, queue=settings.queue_name))
     # Bound once, with the logging configured now: a lazy proxy would rebuild the logger
     # on every call, and this one logs every webhook.
     app[LOG] = get_logger("ringez.receiver").bind()
@@ -168,8 +172,12 @@ def _redis_ctx(shared: Redis | None):
             job_ttl_ms=max(window_ms, settings.handler_state_ttl_seconds * 1000),
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
+            log_max_entries=settings.delivery_log_max_entries,
+            log_retention_ms=settings.delivery_log_retention * 1000,
         )
+        app[REJECTS].start(client)
         yield
+        await app[REJECTS].close()
         await app[QUEUE].close()
         if shared is None:
             await client.aclose()

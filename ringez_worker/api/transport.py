@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
+from ringez_worker.api import trace
 from ringez_worker.api.errors import (
     NOT_EXECUTED_STATUSES,
     InvalidResponse,
@@ -136,6 +137,7 @@ class HttpTransport:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except _TRANSPORT_ERRORS as exc:
                 duration_ms = _ms(started)
+                trace.record(method, path, 0, duration_ms)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
                 last = attempt == policy.max_attempts or (not idempotent and not unsent)
                 delay = 0.0 if last else policy.backoff(attempt)
@@ -170,8 +172,11 @@ class HttpTransport:
                     attempt=attempt,
                     duration_ms=duration_ms,
                 )
-                return self._decode_ok(raw, status, method, path)
+                answer = self._decode_ok(raw, status, method, path)
+                trace.record(method, path, status, duration_ms, answer)
+                return answer
 
+            trace.record(method, path, status, duration_ms)
             error = error_for_status(
                 status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
             )

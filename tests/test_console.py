@@ -1,0 +1,252 @@
+"""The console over HTTP (no browser): the gate, CSRF, headers, secrets, the CLI, and the
+delivery log and counters the receiver and dispatcher write."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from ringez_worker.handlers.router import Router
+from ringez_worker.settings import Settings
+from ringez_worker.worker.console import create_console_app
+from ringez_worker.worker.console.auth import safe_next
+from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
+from tests.processes import run_cli
+
+TOKEN = "console-token-for-tests-42"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def console_settings(redis_url: str) -> Settings:
+    return make_settings(redis_url, console_token=TOKEN, console_base_path="/ops")
+
+
+@pytest.fixture
+async def console(console_settings: Settings) -> AsyncIterator[TestClient]:
+    client = TestClient(TestServer(create_console_app(console_settings)))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+async def login(console: TestClient, token: str = TOKEN) -> int:
+    page = await console.get("/ops/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text()).group(1)
+    r = await console.post(
+        "/ops/login",
+        data={"token": token, "nonce": nonce, "next": "/ops/failed"},
+        allow_redirects=False,
+    )
+    return r.status
+
+
+def test_console_refuses_to_start_without_a_token():
+    result = run_cli("console", env={"CONSOLE_TOKEN": "", "RINGEZ_WEBHOOK_SECRET": "x"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CONSOLE_TOKEN" in lines[0]
+
+
+async def test_pages_need_the_token_and_every_response_has_the_security_headers(console):
+    for path in ("/ops/", "/ops/deliveries", "/ops/calls", "/ops/failed"):
+        r = await console.get(path, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"].startswith("/ops/login?next=")
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    r = await console.get("/ops/api/overview", headers={"Accept": "application/json"})
+    assert r.status == 401
+    r = await console.get("/ops/api/overview", headers={"Authorization": "Bearer wrong"})
+    assert r.status == 401
+    r = await console.get("/ops/api/overview", headers=BEARER)
+    assert r.status == 200 and "queue_depth" in await r.json()
+    for path in ("/ops/login", "/ops/nope", "/ops/static/console.js"):
+        r = await console.get(path)
+        csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await console.get("/ops/nope", headers=BEARER)).status == 404
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_posts_need_the_csrf_token(
+    console, redis_client: Redis
+):
+    assert await login(console, "wrong") == 303
+    assert "rz_console" not in {c.key for c in console.session.cookie_jar}
+    assert await login(console) == 303
+    cookie = next(c for c in console.session.cookie_jar if c.key == "rz_console")
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/ops/"
+    assert TOKEN not in cookie.value
+    page = await console.get("/ops/failed")
+    assert page.status == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text()).group(1)
+    await redis_client.hset(
+        "rz:failed",
+        "ab" * 32,
+        b'{"delivery_id": "' + b"ab" * 32 + b'", "handlers": {}, "attempts": 1, "body": "{}"}',
+    )
+    data = {"action": "purge", "ids": "ab" * 32, "confirm": "yes"}
+    assert (await console.post("/ops/failed/action", data=data)).status == 403
+    assert (await console.post("/ops/failed/action", data={**data, "csrf": "x" * 64})).status == 403
+    assert await redis_client.hlen("rz:failed") == 1
+    r = await console.post("/ops/failed/action", data={**data, "csrf": csrf}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/ops/failed?done=purge&n=1"
+    assert await redis_client.hlen("rz:failed") == 0
+
+
+async def test_a_login_form_from_elsewhere_is_refused(console):
+    r = await console.post(
+        "/ops/login", data={"token": TOKEN, "nonce": "forged"}, allow_redirects=False
+    )
+    assert r.status == 403
+
+
+async def test_the_cookie_is_secure_when_configured(redis_url: str):
+    settings = make_settings(redis_url, console_token=TOKEN, console_secure_cookie=True)
+    client = TestClient(TestServer(create_console_app(settings)))
+    await client.start_server()
+    try:
+        r = await client.get("/login")
+        assert "Secure" in r.headers["Set-Cookie"]
+    finally:
+        await client.close()
+
+
+def test_after_login_only_paths_inside_the_console():
+    assert safe_next("/ops", "/ops/failed") == "/ops/failed"
+    for bad in ("//evil.example/ops/", "https://evil.example/", "/other", "/ops\\..", None):
+        assert safe_next("/ops", bad) == "/ops/"
+
+
+async def test_the_delivery_log_and_counters_and_no_secret_on_the_pages(
+    console, console_settings: Settings, redis_client: Redis
+):
+    from ringez_worker.worker.receiver import REJECTS, create_app
+
+    router = Router()
+
+    @router.on("call.completed", name="test.ok")
+    async def ok(event, ctx) -> None:
+        pass
+
+    receiver = TestClient(TestServer(create_app(console_settings)))
+    await receiver.start_server()
+    try:
+        async with running_worker(console_settings, router):
+            # A sender may put anything in a body; the API key must still not be shown.
+            body = event_body(
+                "call.completed",
+                call_id="call_log",
+                note="sk_test_not_a_real_key",
+                payment_token="tok_secret_value",
+            )
+            assert (
+                await receiver.post("/webhooks/ringez", data=body, headers=signed_headers(body))
+            ).status == 202
+            assert (
+                await receiver.post("/webhooks/ringez", data=body, headers=signed_headers(body))
+            ).status == 200
+            assert (
+                await receiver.post(
+                    "/webhooks/ringez", data=body, headers={"Content-Type": "application/json"}
+                )
+            ).status == 401
+            await wait_for(lambda: _run_logged(redis_client), 10, what="the run entry")
+            await receiver.app[REJECTS].flush()  # else written within a second
+    finally:
+        await receiver.close()
+    r = await console.get("/ops/api/overview", headers=BEARER)
+    totals = (await r.json())["totals"]
+    assert totals["accepted"] == 1 and totals["duplicate"] == 1 and totals["rejected"] == 1
+    assert totals["handled"] == 1
+    kinds = [e[1][b"k"] for e in await redis_client.xrange("rz:log")]
+    assert kinds == [b"r", b"u", b"h"]
+    page = await console.get("/ops/deliveries?call_id=call_log", headers=BEARER)
+    text = await page.text()
+    assert "handled" in text and "duplicate" in text
+    delivery_id = re.search(r"/ops/deliveries/([0-9a-f]{64})", text).group(1)
+    detail = await (await console.get(f"/ops/deliveries/{delivery_id}", headers=BEARER)).text()
+    assert "test.ok" in detail
+    assert "sk_test_not_a_real_key" not in detail and "tok_secret_value" not in detail
+    assert "[redacted]" in detail
+
+
+async def _run_logged(redis: Redis) -> bool:
+    return any(e[1][b"k"] == b"h" for e in await redis.xrange("rz:log"))
+
+
+async def test_the_log_is_capped(redis_url: str, redis_client: Redis):
+    from ringez_worker.keys import Keys
+    from ringez_worker.worker.queue import EventQueue
+
+    queue = EventQueue(
+        redis_client, Keys(), dedupe_ttl_ms=60_000, job_ttl_ms=60_000, log_max_entries=100
+    )
+    for i in range(600):
+        await queue.enqueue(f"{i:064x}", b'{"event": "x", "data": {}}')
+    # Approximate trimming: whole macro nodes go, so a little over the cap stays.
+    assert 100 <= await redis_client.xlen("rz:log") < 300
+    await queue.close()
+
+
+def test_the_console_command_serves_on_loopback_with_the_token(redis_url: str):
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from ringez_worker.sandbox.redis_server import free_port
+    from tests.processes import Proc, wait_for_port
+
+    port = free_port()
+    proc = Proc(
+        "console",
+        "--port",
+        str(port),
+        env={"CONSOLE_TOKEN": TOKEN, "REDIS_URL": redis_url, "RINGEZ_WEBHOOK_SECRET": ""},
+    )
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/api/overview"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=BEARER), timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=10
+            )
+        assert refused.value.code == 401
+        assert "console.starting" in proc.wait_for_line("console.starting")
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0
+    assert TOKEN not in proc.output()
+
+
+async def test_a_flood_of_rejected_webhooks_keeps_only_counts(
+    console_settings: Settings, redis_client: Redis
+):
+    from ringez_worker.worker.receiver import REJECTS, create_app
+
+    receiver = TestClient(TestServer(create_app(console_settings)))
+    await receiver.start_server()
+    try:
+        junk = b'{"event": "' + b"A" * 5000 + b'"}'
+        for _ in range(200):
+            r = await receiver.post(
+                "/webhooks/ringez",
+                data=junk,
+                headers={"X-Ringez-Signature": "f" * 64, "Content-Type": "application/json"},
+            )
+            assert r.status == 401
+        await receiver.app[REJECTS].flush()
+    finally:
+        await receiver.close()
+    assert await redis_client.exists("rz:log") == 0
+    keys = [k async for k in redis_client.scan_iter(match="*")]
+    assert all(k.startswith(b"rz:stats:") for k in keys), keys
+    counts = {}
+    for k in keys:
+        counts.update(await redis_client.hgetall(k))
+    assert counts == {b"rejected:invalid_signature": b"200"}
+    assert sum([await redis_client.memory_usage(k) for k in keys]) < 500

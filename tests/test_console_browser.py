@@ -1,0 +1,263 @@
+"""The console in a real browser (headless chromium), over the real receiver, workers,
+Redis and the sandbox: overview counts, a call's timeline, XSS, replay from the page."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
+
+from ringez_worker.handlers.router import Router
+from ringez_worker.sandbox import start_scenario
+from ringez_worker.settings import Settings
+from ringez_worker.worker.console import create_console_app
+from ringez_worker.worker.receiver import create_app
+from tests.agent_stack import agent_stack
+from tests.browser import Browser, require_browser
+from tests.conftest import event_body, make_settings, running_worker, signed_headers, wait_for
+
+TOKEN = "console-test-token-0123456789"
+XSS_TEXT = '<script>window.__xss = 1; alert(1)</script><img src=x onerror="window.__xss = 2">'
+
+
+@contextlib.asynccontextmanager
+async def console(settings: Settings) -> AsyncIterator[str]:
+    server = TestServer(create_console_app(settings))
+    await server.start_server()
+    try:
+        yield str(server.make_url(settings.console_base_path or ""))
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    require_browser()
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+async def login(b: Browser, base: str, start: str = "/") -> None:
+    await b.get(base + start)
+    field = await b.css("#token")  # an unauthenticated page sends us to the login form
+    await b.screenshot("login")
+    await b.do(field.send_keys, TOKEN)
+    await b.click("#login")
+    await b.wait(lambda d: "/login" not in d.current_url)
+
+
+async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+        return r.status
+
+
+async def metric(receiver_url: str, name: str) -> int:
+    """A receiver's own Prometheus counter: an independent count to check the page with."""
+    url = receiver_url.rsplit("/webhooks", 1)[0] + "/metrics"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        text = await r.text()
+    return int(sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)))
+
+
+async def test_overview_call_timeline_and_xss_in_the_browser(redis_url: str, browser: Browser):
+    async with agent_stack(redis_url, console_token=TOKEN, console_base_path="/ops") as stack:
+        redis = Redis.from_url(redis_url)
+        runs = [
+            start_scenario(stack.sandbox.sandbox, name, stack.receiver_url)
+            for name in ("calm", "angry", "low_balance")
+        ]
+        for run in runs:
+            await run.task
+        # A transcript whose text is markup: the console must show it, never run it.
+        xss = event_body(
+            "transcription.updated",
+            call_id="call_xss",
+            session_id='sess_xss"><script>window.__xss = 3</script>',
+            text=XSS_TEXT,
+            speaker="caller",
+            is_final=True,
+        )
+        assert await post(stack.receiver_url, xss, signed_headers(xss)) == 202
+        assert await post(stack.receiver_url, xss, signed_headers(xss)) == 200  # a duplicate
+        assert (
+            await post(
+                stack.receiver_url,
+                xss,
+                {"Content-Type": "application/json", "X-Ringez-Signature": "0" * 64},
+            )
+            == 401
+        )
+        for run in runs[:2]:
+            await wait_for(
+                lambda run=run: redis.exists(f"rz:summary:{run.call_id}"),
+                30,
+                what=f"{run.name} summary",
+            )
+        await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+
+        async with console(stack.settings) as base:
+            await login(browser, base)
+            accepted = await metric(stack.receiver_url, "ringez_webhooks_received_total")
+            assert accepted > 10
+            # The per-minute counters agree with the receiver's own count.
+            await browser.wait(lambda d: d.find_element("id", "n-accepted").text == str(accepted))
+            assert await browser.text("#n-duplicate") == "1"
+            await browser.wait(lambda d: d.find_element("id", "n-rejected").text == "1")
+            assert int(await browser.text("#n-handled")) > accepted  # several handlers per event
+            assert await browser.text("#n-failed-events") == "0"
+            assert await browser.text("#n-workers") == "1"
+            # Live: one more rejected webhook shows up without a reload.
+            assert (
+                await post(stack.receiver_url, b"{}", {"Content-Type": "application/json"}) == 401
+            )
+            await browser.wait(lambda d: d.find_element("id", "n-rejected").text == "2")
+            await browser.screenshot("overview")
+
+            angry = runs[1]
+            await browser.get(f"{base}/calls")
+            await browser.click(f"a[href$='/calls/{angry.call_id}']")
+            items = await browser.all("#timeline li.event")
+            order = [await browser.do(i.get_attribute, "data-event") for i in items]
+            assert order[:3] == ["call.initiated", "call.ringing", "call.answered"], order
+            assert order[-1] == "call.completed" and "transcription.updated" in order, order
+            assert await browser.text("#escalation") == "transferred"
+            assert int(await browser.text("#intents")) >= 1
+            assert await browser.all("#sentiment svg polyline")
+            assert "escalated" in await browser.text("#summary")
+            await browser.screenshot("call")
+            await browser.get(f"{base}/calls")
+            await browser.screenshot("calls")
+
+            # The drained wallet's balance.low (it names the session, not the call) shows
+            # on the call as the recharge agent's top-up.
+            await wait_for(lambda: _recharged(stack, runs[2].session_id), 30, what="a recharge")
+            await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+            await browser.get(f"{base}/calls/{runs[2].call_id}")
+            # As many top-ups as the sandbox saw charge requests for the session.
+            charges = len(stack.charges(runs[2].session_id))
+            assert await browser.text("#recharges") == str(charges)
+            assert "minutes added" in await browser.text("#recharge")
+            await browser.screenshot("call-recharge")
+
+            await browser.get(f"{base}/calls/call_xss")
+            shown = await browser.text("#timeline .text")
+            assert "<script>window.__xss = 1" in shown and "onerror" in shown
+            await _nothing_ran(browser)
+            await browser.screenshot("call-xss")
+
+            await browser.get(f"{base}/deliveries?call_id=call_xss")
+            statuses = [
+                await browser.do(lambda e=e: e.text)
+                for e in await browser.all("#deliveries .badge")
+            ]
+            assert sorted(statuses) == ["duplicate", "handled"], statuses
+            await browser.screenshot("deliveries")
+            await browser.click("#deliveries td a")
+            assert "<img src=x onerror" in await browser.text("#body")
+            await _nothing_ran(browser)
+            assert "sk_test_agents" not in await browser.do(lambda: browser.driver.page_source)
+            await browser.screenshot("delivery")
+
+            # A caller segment's delivery page lists the API requests its handlers made.
+            await browser.get(f"{base}/calls/{angry.call_id}")
+            link = await browser.wait(
+                lambda d: d.find_element("xpath", "//li[contains(., 'sentiment_score=')]//a")
+            )
+            await browser.do(link.click)
+            runs_text = await browser.text("table.runs")
+            assert "POST /agents/sentiment-analysis → 200" in runs_text, runs_text
+            assert "POST /agents/intent-detection → 200" in runs_text, runs_text
+            await browser.screenshot("delivery-api")
+        await redis.aclose()
+
+
+async def _nothing_ran(browser: Browser) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    assert await browser.do(browser.driver.execute_script, "return window.__xss === undefined")
+    with pytest.raises(NoAlertPresentException):
+        await browser.do(lambda: browser.driver.switch_to.alert.text)
+
+
+def _recharged(stack, session_id: str) -> bool:
+    return bool(stack.charges(session_id))
+
+
+async def _idle(redis: Redis) -> bool:
+    return await redis.zcard("ringez:queue") == 0
+
+
+async def test_a_failed_event_replayed_from_the_page_reaches_its_handler(
+    redis_url: str, browser: Browser
+):
+    settings = make_settings(redis_url, console_token=TOKEN)
+    redis = Redis.from_url(redis_url)
+    await redis.set("test:broken", 1)
+    router = Router()
+
+    @router.on("call.completed", name="test.billing")
+    async def billing(event, ctx) -> None:
+        if await ctx.redis.exists("test:broken"):
+            raise RuntimeError("billing backend down <b>bold</b>")
+        await ctx.redis.rpush("test:reached", ctx.delivery_id)
+
+    receiver = TestServer(create_app(settings))
+    await receiver.start_server()
+    url = str(receiver.make_url(settings.webhook_path))
+    try:
+        async with running_worker(settings, router), console(settings) as base:
+            bodies = [
+                event_body("call.completed", call_id=f"call_f{i}", duration=i) for i in range(2)
+            ]
+            for body in bodies:
+                assert await post(url, body, signed_headers(body)) == 202
+            await wait_for(lambda: _failed_count(redis, 2), 30, what="two failed events")
+            await redis.delete("test:broken")  # the backend is back
+
+            await login(browser, base, "/failed")
+            assert len(await browser.all("#failed tr.failed-row")) == 2
+            assert "billing backend down <b>bold</b>" in await browser.text("#failed")
+            await browser.screenshot("failed")
+            first = (await browser.all("input[name=ids]"))[0]
+            chosen = await browser.do(first.get_attribute, "value")
+            await browser.do(first.click)
+            await browser.click("#replay-selected")
+            await browser.css("#confirm")  # a confirmation step, nothing done yet
+            assert await redis.llen("test:reached") == 0
+            await browser.screenshot("confirm")
+            await browser.click("#confirm")
+            assert await browser.text("#notice") == "Replayed 1."
+            await wait_for(
+                lambda: _reached(redis, chosen), 30, what="the replay to reach the handler"
+            )
+            await wait_for(lambda: _failed_count(redis, 1), 30, what="the record to clear")
+
+            # The other one: purged from its detail page, after confirming.
+            await browser.get(f"{base}/failed")
+            await browser.click("#failed td.mono a")
+            assert '"event": "call.completed"' in await browser.text("#body")
+            await browser.screenshot("failed-detail")
+            await browser.click("#purge-one")
+            await browser.click("#confirm")
+            await browser.css("#no-failed")
+            assert await redis.hlen("rz:failed") == 0
+            assert await redis.lrange("test:reached", 0, -1) == [chosen.encode()]
+    finally:
+        await receiver.close()
+        await redis.aclose()
+
+
+async def _failed_count(redis: Redis, n: int) -> bool:
+    return await redis.hlen("rz:failed") == n
+
+
+async def _reached(redis: Redis, delivery_id: str) -> bool:
+    return delivery_id.encode() in await redis.lrange("test:reached", 0, -1)
