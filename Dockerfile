@@ -14,9 +14,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p ringez_worker/api worker handlers agents sandbox \
-    && for d in ringez_worker ringez_worker/api worker handlers agents sandbox; do touch $d/__init__.py; done \
-    && pip install ".[fast]" \
+RUN dirs="ringez_worker ringez_worker/api handlers agents report worker worker/console sandbox" \
+    && for d in $dirs; do mkdir -p $d && touch $d/__init__.py; done \
+    && pip install ".[fast,report]" \
     && pip uninstall -y ringez-agent-worker
 # Then the project itself (not editable; no test extra).
 COPY ringez_worker ./ringez_worker
@@ -24,6 +24,7 @@ COPY worker ./worker
 COPY handlers ./handlers
 COPY agents ./agents
 COPY sandbox ./sandbox
+COPY report ./report
 # pip stays in /opt/venv: an image built FROM this one installs its handler package there.
 RUN pip install --no-deps . && ringez-worker --help >/dev/null
 
