@@ -250,3 +250,21 @@ async def test_a_flood_of_rejected_webhooks_keeps_only_counts(
         counts.update(await redis_client.hgetall(k))
     assert counts == {b"rejected:invalid_signature": b"200"}
     assert sum([await redis_client.memory_usage(k) for k in keys]) < 500
+
+
+async def test_the_overview_links_the_latest_report_served_with_no_script(console, redis_client):
+    from ringez_worker.keys import Keys
+    from ringez_worker.report.store import save_report
+
+    page = await console.get("/ops/", headers=BEARER)
+    assert 'href="/ops/reports/latest"' in await page.text()
+    assert (await console.get("/ops/reports/latest", headers=BEARER)).status == 404
+    html = "<html><style>h1{color:red}</style><h1>Daily report 2026-12-01</h1></html>"
+    meta = {"day": "2026-12-01"}
+    await save_report(redis_client, Keys(), "r1", meta, html, keep=3, max_bytes=1 << 20)
+    r = await console.get("/ops/reports/latest", headers=BEARER)
+    assert r.status == 200 and "Daily report 2026-12-01" in await r.text()
+    policy = r.headers["Content-Security-Policy"]
+    assert "script-src" not in policy and policy.startswith("default-src 'none'")
+    gated = await console.get("/ops/reports/latest", allow_redirects=False)
+    assert gated.status == 303  # still behind the login

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTED, Redactor, _is_sensitive
 from ringez_worker.redis_conn import redis_from_settings
+from ringez_worker.report.store import latest_report
 from ringez_worker.settings import Settings, SettingsError
 from ringez_worker.worker import failed
 from ringez_worker.worker.console import charts, data
@@ -158,6 +159,28 @@ async def overview_chart(request: web.Request) -> web.Response:
         else ("accepted", "duplicate", "rejected")
     )
     return web.Response(text=str(charts.bars(o["series"], names)), content_type="image/svg+xml")
+
+
+# The kept daily report is a self-contained page (its charts as data: PNGs, its own
+# <style>): it gets a policy of its own that still runs no script at all.
+REPORT_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+async def latest_report_page(request: web.Request) -> web.Response:
+    """The newest report the workers kept (REPORT_CRON), as the workers rendered it."""
+    report = await latest_report(request.app[REDIS], request.app[KEYS])
+    if report is None:
+        return web.Response(
+            status=404,
+            text="no report kept yet: set REPORT_CRON on the workers, or run "
+            "`ringez-worker report --out DIR` for a day",
+        )
+    response = web.Response(text=report["html"], content_type="text/html")
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
 
 
 # -- deliveries ------------------------------------------------------------------------
@@ -351,6 +374,7 @@ def create_console_app(
         r.add_get(base, _to_base)
     r.add_get(f"{base}/api/overview", overview_json)
     r.add_get(f"{base}/overview/chart.svg", overview_chart)
+    r.add_get(f"{base}/reports/latest", latest_report_page)
     r.add_get(f"{base}/deliveries", deliveries_page)
     r.add_get(f"{base}/deliveries/{{id}}", delivery_page)
     r.add_get(f"{base}/calls", calls_page)

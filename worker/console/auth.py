@@ -90,7 +90,9 @@ def middleware(gate: Gate, public: set[str]) -> Callable:
             raise
         except (RedisError, OSError) as exc:
             response = web.Response(status=503, text=f"Redis is unavailable ({type(exc).__name__})")
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():
+            # A page may narrow its own policy (the kept report: images inline, no script).
+            response.headers.setdefault(name, value)
         return response
 
     async def _check(request: web.Request, handler: Handler) -> web.StreamResponse:
