@@ -148,7 +148,7 @@ class RechargeAgent:
             return
 
         if pending is None:
-            count, spent = await ctx.redis.hmget(keys["daily"], "count", "amount")
+            count, spent = await ctx.redis.hmget(keys["daily"], "count", "amount")  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; keys: list
             count, spent = int(count or 0), float(spent or 0)
             if (
                 count >= cfg.recharge_daily_max_count

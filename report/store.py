@@ -51,7 +51,7 @@ async def save_report(
 
 async def latest_report(redis: Redis, keys: Keys) -> dict[str, Any] | None:
     """The newest kept report ({id, day, ..., html}), or None."""
-    ids = await redis.lrange(keys.reports, 0, 0)
+    ids = await redis.lrange(keys.reports, 0, 0)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     if not ids:
         return None
     raw = await redis.get(keys.report(ids[0].decode()))

@@ -24,7 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
-from ringez_worker.lua import LuaScript
+from ringez_worker.lua import Arg, LuaScript
 
 JOB_FUNCTION = "handle_event"
 WEBHOOK = "webhook"
@@ -125,7 +125,7 @@ async def enqueue_job(
     jid = job_id or job.id
     keys_ = [keys.job(jid), keys.queue]
     ttl = max(ttl_ms, due - now + ttl_ms)
-    args = [ttl, job.record(now), due, jid, keys.wake, "1" if unique else "0"]
+    args: list[Arg] = [ttl, job.record(now), due, jid, keys.wake, "1" if unique else "0"]
     return bool(await _ENQUEUE_ONE(redis, keys_, args))
 
 

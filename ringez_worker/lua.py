@@ -38,11 +38,13 @@ class LuaScript:
         return self._run(redis, keys, args)
 
     async def _run(self, redis: Redis, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        # redis-py types EVAL's keys and args as str only, and an async client's reply as
+        # `Awaitable[str] | str` (its sync and async clients share the signatures).
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type,misc]
         except NoScriptError:
             await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type,misc]
 
     def command(self, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[Arg, ...]:
         """The EVALSHA command as a tuple, for callers that pack their own round trip."""

@@ -112,9 +112,8 @@ async def run_dev(
         _say(f"playing scenarios: {', '.join(scenarios)}")
         played = asyncio.gather(*(r.task for r in runs), return_exceptions=True)
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait(
-            [played, stopped, worker_task], return_when=asyncio.FIRST_COMPLETED, timeout=120
-        )
+        waited: list[asyncio.Future[Any]] = [played, stopped, worker_task]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED, timeout=120)
         if worker_task.done():
             worker_task.result()  # the worker died: say why
         await _wait_drained(settings)
@@ -227,7 +226,7 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
                     f"    recharge  charged {body.get('amount')} {body.get('currency')} "
                     f"(plan {body.get('plan')}, key {body.get('idempotency_key')})"
                 )
-        failed = await redis.hlen(f"{settings.key_prefix}:failed")
+        failed = await redis.hlen(f"{settings.key_prefix}:failed")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         _say(f"  failed events: {failed}")
         key = settings.ringez_api_key.get_secret_value() if settings.ringez_api_key else ""
         day = datetime.now(UTC).date().isoformat()

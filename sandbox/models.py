@@ -188,7 +188,7 @@ class Call:
                 "latency_ms": 85 if answered else None,
                 "packet_loss": 0.1 if answered else None,
             },
-            "answered_at": iso(self.answered_at) if answered else None,
+            "answered_at": iso(self.answered_at) if self.answered_at is not None else None,
             "ended_at": iso(self.ended_at) if self.ended_at is not None else None,
             "reason": self.reason,
             "on_hold": self.on_hold,

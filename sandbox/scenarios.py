@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ LOW_BALANCE_LINES = (
 )
 SUPERVISOR_LINE = "Hello, this is the supervisor. I'm sorry about the trouble, let me fix it."
 
-Play = Callable[[Sandbox, Call], Awaitable[None]]
+# A coroutine, not any awaitable: `Sandbox.spawn` makes a task of it.
+Play = Callable[[Sandbox, Call], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)

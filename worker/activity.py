@@ -28,6 +28,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from ringez_worker.keys import Keys
 from ringez_worker.logs import get_logger
@@ -57,7 +58,7 @@ def add_run(
     error: str | None = None,
 ) -> None:
     """Queue a handler run's log entry and its counter on `pipe` (two more commands)."""
-    fields: dict[str, Any] = {
+    fields: dict[FieldT, EncodableT] = {
         "k": "h",
         "d": delivery_id,
         "h": handler,

@@ -229,7 +229,7 @@ async def _failed_show(redis, keys, delivery_id: str) -> int:
 async def _failed_replay(redis, keys, args: argparse.Namespace, ttl_ms: int) -> int:
     from ringez_worker.worker import failed
 
-    bad: list[Exception] = []
+    bad: list[failed.BadRecord] = []
     if args.all:
         records, bad = await failed.scan_failed(redis, keys)
         ids = [r["delivery_id"] for r in records]

@@ -50,7 +50,7 @@ class Deferrals:
         """The job's try count for JOB_MAX_TRIES: arq's, less the deferrals it still holds."""
         if job_try == 1:
             return 1  # a first run has never been deferred
-        uncounted = await self.redis.hget(self.keys.deferrals(job_id), "uncounted")
+        uncounted = await self.redis.hget(self.keys.deferrals(job_id), "uncounted")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         return job_try - int(uncounted or 0)
 
     async def defer(self, job_id: str, job_try: int, seconds: float) -> bool:
@@ -61,4 +61,4 @@ class Deferrals:
 
     async def total(self, job_id: str) -> float:
         """Seconds this job has been deferred for so far."""
-        return float(await self.redis.hget(self.keys.deferrals(job_id), "seconds") or 0)
+        return float(await self.redis.hget(self.keys.deferrals(job_id), "seconds") or 0)  # type: ignore[misc]  # redis-py: Awaitable[T] | T

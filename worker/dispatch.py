@@ -212,7 +212,7 @@ class Dispatcher:
         if not outcome.failed:
             if only is not None or job_try > 1:
                 # A retry or a replay that got through clears an earlier failure record.
-                await self.redis.hdel(self.keys.failed, delivery_id)
+                await self.redis.hdel(self.keys.failed, delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             return outcome
         if waits and None not in waits:
             # Only the API's rate limit or Redis stood in the way: no try used up.
@@ -356,7 +356,7 @@ class Dispatcher:
         while True:
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(done_key, handler, int(time.time() * 1000))
+                    pipe.hset(done_key, handler, int(time.time() * 1000))  # type: ignore[arg-type]  # redis-py: value: str
                     pipe.expire(done_key, self.settings.done_record_ttl_seconds)
                     if log is not None:
                         log(pipe)  # the console's run entry, in the same round trip
@@ -370,7 +370,7 @@ class Dispatcher:
                 await asyncio.sleep(min(left, backoff_seconds(attempt, 0.05, 1.0)))
 
     async def _done(self, delivery_id: str) -> set[str]:
-        names = await self.redis.hkeys(self.keys.done(delivery_id))
+        names = await self.redis.hkeys(self.keys.done(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         return {n.decode() if isinstance(n, bytes) else n for n in names}
 
     async def abandon(
@@ -391,7 +391,7 @@ class Dispatcher:
     ) -> None:
         await activity.count(self.redis, self.keys, "failed")
         now = int(time.time() * 1000)
-        previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))
+        previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         record = {
             "delivery_id": delivery_id,
             "event": _payload(body).get("event"),
@@ -403,7 +403,7 @@ class Dispatcher:
         }
         if kind != WEBHOOK:
             record["kind"] = kind  # replay queues it again as the same kind of job
-        await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))
+        await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; value: str
         await self._keep_done(delivery_id)
 
     async def _keep_done(self, delivery_id: str) -> None:

@@ -77,7 +77,7 @@ async def scan_failed(redis: Redis, keys: Keys) -> tuple[list[dict[str, Any]], l
     """(every good record, oldest failure first, without bodies; every bad one)."""
     records: list[dict[str, Any]] = []
     bad: list[BadRecord] = []
-    for field, raw in (await redis.hgetall(keys.failed)).items():
+    for field, raw in (await redis.hgetall(keys.failed)).items():  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         try:
             record = parse_record(field, raw)
         except BadRecord as exc:
@@ -100,7 +100,7 @@ async def get_failed(redis: Redis, keys: Keys, delivery_id: str) -> dict[str, An
     field = await _find(redis, keys, delivery_id)
     if field is None:
         return None
-    raw = await redis.hget(keys.failed, field)
+    raw = await redis.hget(keys.failed, field)  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; field: str
     return parse_record(field, raw) if raw is not None else None
 
 
@@ -125,19 +125,19 @@ async def replay(redis: Redis, keys: Keys, delivery_id: str, ttl_ms: int) -> str
 async def purge(redis: Redis, keys: Keys, delivery_id: str | None = None) -> int:
     """Delete one record (bad ones too), or all of them; returns how many went."""
     if delivery_id is None:
-        count = await redis.hlen(keys.failed)
+        count = await redis.hlen(keys.failed)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         await redis.delete(keys.failed)
         return count
     field = await _find(redis, keys, delivery_id)
-    return 0 if field is None else await redis.hdel(keys.failed, field)
+    return 0 if field is None else await redis.hdel(keys.failed, field)  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; field: str
 
 
 async def _find(redis: Redis, keys: Keys, delivery_id: str) -> bytes | str | None:
     """The hash field for an exact id or a unique prefix, without reading any value."""
     wanted = delivery_id.strip().lower()
-    if wanted and await redis.hexists(keys.failed, wanted):
+    if wanted and await redis.hexists(keys.failed, wanted):  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         return wanted
-    names = await redis.hkeys(keys.failed)
+    names = await redis.hkeys(keys.failed)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     matches = [n for n in names if wanted and _text(n).startswith(wanted)]
     return matches[0] if len(matches) == 1 else None
 

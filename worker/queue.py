@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import cast
 
 import hiredis
 from redis.asyncio import Redis
@@ -24,8 +26,17 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
-from ringez_worker.lua import LuaScript
+from ringez_worker.lua import Arg, LuaScript
 from ringez_worker.worker.activity import STATS_TTL_SECONDS
+
+# hiredis's stub types the command as a 1-tuple (`Tuple[str | int | ...]`) and leaves the
+# return untyped; it packs a command of any length into bytes.
+_pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+# One delivery in a batch: (dedupe bucket, job key, dedupe field, bucket expiry ms, job,
+# score, delivery id), and the future its request waits on.
+_Item = tuple[str, str, bytes, int, bytes, int, str]
+_Pending = tuple[_Item, asyncio.Future[bool]]
 
 
 class NotReplicated(RedisError):
@@ -105,10 +116,10 @@ class EventQueue:
         # nothing, yet its "duplicate" answer vouches for a write another connection made:
         # a small write first makes WAIT cover everything before it.
         self._wait_replicas = wait_replicas
-        self._wait_tail = hiredis.pack_command(
-            ("INCR", f"{keys.prefix}:wait-mark")
-        ) + hiredis.pack_command(("WAIT", wait_replicas, wait_timeout_ms))
-        self._pending: list[tuple[tuple[object, ...], asyncio.Future[bool]]] = []
+        self._wait_tail = _pack_command(("INCR", f"{keys.prefix}:wait-mark")) + _pack_command(
+            ("WAIT", wait_replicas, wait_timeout_ms)
+        )
+        self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -128,7 +139,7 @@ class EventQueue:
         stamp = event_ms if event_ms is not None else now
         bucket, field = self._keys.dedupe(delivery_id, stamp)
         expires_at = (stamp // BUCKET_MS + 1) * BUCKET_MS + self._dedupe_ttl
-        item = (
+        item: _Item = (
             bucket,
             self._keys.job(delivery_id),
             field,
@@ -157,7 +168,7 @@ class EventQueue:
             task.add_done_callback(self._inflight.discard)
             await asyncio.sleep(0)
 
-    async def _commit(self, batch: list) -> None:
+    async def _commit(self, batch: list[_Pending]) -> None:
         try:
             results = await self._write(batch)
         except Exception as exc:
@@ -169,7 +180,7 @@ class EventQueue:
             if not future.done():
                 future.set_result(bool(result))
 
-    async def _write(self, batch: list) -> list[object]:
+    async def _write(self, batch: list[_Pending]) -> list[object]:
         try:
             return await self._evalsha(batch)
         except NoScriptError:
@@ -178,14 +189,14 @@ class EventQueue:
             await _ENQUEUE.load(self._redis)
             return await self._evalsha(batch)
 
-    async def _evalsha(self, batch: list) -> list[object]:
+    async def _evalsha(self, batch: list[_Pending]) -> list[object]:
         now = time.time()
-        keys: list[object] = [
+        keys: list[Arg] = [
             self._keys.queue,
             self._keys.stats(int(now // 60)),
             self._keys.deliveries,
         ]
-        argv: list[object] = [
+        argv: list[Arg] = [
             self._job_ttl,
             self._keys.wake,
             STATS_TTL_SECONDS,
@@ -197,7 +208,7 @@ class EventQueue:
             argv += (field, expires_at, job, score, delivery_id)
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
-        packed = hiredis.pack_command(_ENQUEUE.command(keys, argv))
+        packed = _pack_command(_ENQUEUE.command(keys, argv))
         if self._wait_replicas:
             packed += self._wait_tail
         pool = self._redis.connection_pool
@@ -218,12 +229,12 @@ class EventQueue:
             for reply in replies:
                 if isinstance(reply, ResponseError):
                     raise reply
-            results, _, acked = replies
-            if acked < self._wait_replicas:
+            results, _, acked = replies  # EVALSHA's array, INCR's and WAIT's integers
+            if cast(int, acked) < self._wait_replicas:
                 raise NotReplicated(
                     f"{acked} of {self._wait_replicas} replicas confirmed the write"
                 )
-            return results
+            return cast(list[object], results)
 
         async def on_error(error: Exception) -> None:
             await conn.disconnect()

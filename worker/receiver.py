@@ -29,7 +29,7 @@ QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
 LIMITS = web.AppKey("limits", sansio.Limits)
-SECRETS = web.AppKey("secrets", tuple)
+SECRETS = web.AppKey("secrets", tuple[bytes, ...])
 REJECTS = web.AppKey("rejects", RejectCounter)
 
 
@@ -79,13 +79,16 @@ async def _receive(request: web.Request) -> web.Response:
             async with asyncio.timeout(settings.body_read_timeout_seconds):
                 body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        exc = sansio.too_large(limits)
-        return _reject(request, exc.status, exc.code, exc.message)
+        rejected = sansio.too_large(limits)
+        return _reject(request, rejected.status, rejected.code, rejected.message)
     except TimeoutError:
         return _reject(request, 408, "body_timeout", "the body did not arrive in time")
 
+    # Looked up on its own line: inside the call, mypy infers the key's type from the
+    # parameter (`Iterable[bytes]`) and refuses SECRETS.
+    secrets = request.app[SECRETS]
     try:
-        delivery = sansio.check_body(sent, body, request.app[SECRETS], datetime.now(UTC), limits)
+        delivery = sansio.check_body(sent, body, secrets, datetime.now(UTC), limits)
     except sansio.Rejected as exc:
         if exc.delivery_id is None:
             return _reject(request, exc.status, exc.code, exc.message)

@@ -369,7 +369,7 @@ class Analytics(Resource):
             session_id=session_id,
             start_date=_when(start_date),
             end_date=_when(end_date),
-            group_by=group_by,  # type: ignore[arg-type]
+            group_by=group_by,
         )
         params = _fields(**query.model_dump(exclude_none=True))
         return await self._send(m.CallMetrics, "GET", "/analytics/call-metrics", params=params)

@@ -140,7 +140,7 @@ class HttpTransport:
                 trace.record(method, path, 0, duration_ms)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
                 last = attempt == policy.max_attempts or (not idempotent and not unsent)
-                delay = 0.0 if last else policy.backoff(attempt)
+                pause = 0.0 if last else policy.backoff(attempt)
                 log.warning(
                     "ringez.request.failed",
                     method=method,
@@ -148,7 +148,7 @@ class HttpTransport:
                     attempt=attempt,
                     error=type(exc).__name__,
                     duration_ms=duration_ms,
-                    retry_in_s=None if last else round(delay, 3),
+                    retry_in_s=None if last else round(pause, 3),
                 )
                 if last:
                     unavailable = RingezUnavailable(
@@ -159,7 +159,7 @@ class HttpTransport:
                     )
                     unavailable.maybe_executed = not unsent
                     raise unavailable from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
                 continue
 
             duration_ms = _ms(started)

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TypedDict
 from urllib.parse import quote
 
 from aiohttp import web
@@ -28,6 +29,15 @@ SECURITY_HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class CookieArgs(TypedDict):
+    """The keyword arguments of `StreamResponse.set_cookie` every console cookie shares."""
+
+    httponly: bool
+    samesite: str
+    secure: bool
+    path: str
 
 
 class Gate:
@@ -60,7 +70,7 @@ class Gate:
     def csrf_ok(self, sent: str) -> bool:
         return hmac.compare_digest(sent, self.csrf)
 
-    def cookie_args(self, request: web.Request) -> dict[str, object]:
+    def cookie_args(self, request: web.Request) -> CookieArgs:
         return {
             "httponly": True,
             "samesite": "Strict",

@@ -26,7 +26,7 @@ def bars(series: dict[str, list[int]], names: tuple[str, ...]) -> Markup:
     step = (W - 2 * PAD) / n
     parts = []
     for i in range(n):
-        y = H - PAD
+        y: float = H - PAD
         for name in names:
             value = series[name][i]
             if not value:

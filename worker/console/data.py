@@ -141,7 +141,7 @@ async def read_log(
 ) -> tuple[dict[str, Delivery], list[Row]]:
     """Every delivery in the log with its runs, and the rows newest first."""
     entries = await redis.xrevrange(keys.deliveries, count=limit)
-    failed = {_s(k) for k in await redis.hkeys(keys.failed)}
+    failed = {_s(k) for k in await redis.hkeys(keys.failed)}  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     deliveries: dict[str, Delivery] = {}
     runs: dict[str, list[Run]] = {}
     dupes: list[tuple[str, int]] = []
