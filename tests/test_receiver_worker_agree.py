@@ -97,4 +97,4 @@ def test_anything_the_receiver_accepts_the_worker_parses(payload: dict) -> None:
     event = parse_event(orjson.loads(job["a"][1]), delivery)
     assert event.timestamp == env.timestamp
     assert event.timestamp.tzinfo is not None
-    assert event == env.typed
+    assert event == envelope.check_typed(env.payload, env.timestamp, delivery)

@@ -43,7 +43,7 @@ def test_a_good_webhook_is_a_verified_parsed_delivery() -> None:
     assert delivery.id == delivery_id(body)
     assert delivery.envelope.event == "call.answered"
     assert delivery.envelope.timestamp == datetime(2026, 12, 2, 2, 59, 9, tzinfo=UTC)
-    assert delivery.envelope.typed.call_id == "call_1"
+    assert delivery.envelope.payload["data"]["call_id"] == "call_1"
 
 
 def test_the_previous_secret_still_verifies_during_a_rotation() -> None:
