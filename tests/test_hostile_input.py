@@ -170,7 +170,10 @@ def test_any_body_and_header_enqueues_that_body_once_or_nothing(redis_server):
         else:
             assert 400 <= statuses[0] < 600
             assert queued == []
-            assert sync.dbsize() == 0
+            # Nothing of the request is kept: at most the console's per-minute count of
+            # rejections by reason, which the receiver flushes once a second on its own.
+            kept = [k for k in sync.keys() if not k.startswith(b"rz:stats:")]
+            assert kept == []
 
     try:
         check()
