@@ -266,22 +266,18 @@ async def _failed_purge(redis, keys, args: argparse.Namespace) -> int:
 async def _status(settings: Settings) -> int:
     from ringez_worker.keys import Keys
     from ringez_worker.redis_conn import redis_from_settings
-    from ringez_worker.worker.metrics import queue_stats
+    from ringez_worker.worker.metrics import presence_stale, queue_stats, worker_presence
 
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     redis = redis_from_settings(settings)
     try:
         stats = await queue_stats(redis, keys)
-        workers = []
-        async for key in redis.scan_iter(match=keys.worker("*"), count=500):
-            raw = await redis.get(key)
-            if raw:
-                workers.append(orjson.loads(raw))
+        workers = await worker_presence(redis, keys)
     finally:
         await redis.aclose()
     now_ms = time.time() * 1000
-    live = [w for w in workers if not _stale(w, now_ms)]
-    stale = [w for w in workers if _stale(w, now_ms)]
+    live = [w for w in workers if not presence_stale(w, now_ms)]
+    stale = [w for w in workers if presence_stale(w, now_ms)]
     newest = max((now_ms - w["at_ms"] for w in live), default=0.0) / 1000
     alive = str(len(live)) + (f" ({len(stale)} stale, not counted)" if stale else "")
     rows = [
@@ -300,19 +296,13 @@ async def _status(settings: Settings) -> int:
         print(f"{key:<{width}}  {value}")
     for w in sorted(workers, key=lambda w: (w["host"], w["pid"])):
         seen = (now_ms - w["at_ms"]) / 1000
-        state = "STALE, killed or stuck? " if _stale(w, now_ms) else ""
+        state = "STALE, killed or stuck? " if presence_stale(w, now_ms) else ""
         print(
             f"  worker {w['host']}:{w['pid']}  {state}seen {seen:.1f} s ago  "
             f"running={w['running']} complete={w['complete']} failed={w['failed']} "
             f"retried={w['retried']}"
         )
     return 0
-
-
-def _stale(worker: dict, now_ms: float) -> bool:
-    # A live worker rewrites its record every `every_ms` (busy or not); one that missed two
-    # beats was most likely killed, though its record has not expired yet.
-    return now_ms - worker["at_ms"] > 2 * worker.get("every_ms", 5000)
 
 
 def _against_redis(coro: Any) -> int:

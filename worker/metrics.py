@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -119,6 +120,22 @@ async def queue_stats(redis: Redis, keys: Keys) -> dict[str, float]:
         depth, oldest, failed = await pipe.execute()
     age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
     return {"depth": depth, "oldest_age_s": age, "failed": failed}
+
+
+async def worker_presence(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Every worker's presence record (`RingezWorker._presence`), as the worker wrote it."""
+    records = []
+    async for key in redis.scan_iter(match=keys.worker("*"), count=500):
+        raw = await redis.get(key)
+        if raw:
+            records.append(orjson.loads(raw))
+    return records
+
+
+def presence_stale(record: dict[str, Any], now_ms: float) -> bool:
+    """A live worker rewrites its record every `every_ms` (busy or not); one that missed
+    two beats was most likely killed, though its record has not expired yet."""
+    return now_ms - record["at_ms"] > 2 * record.get("every_ms", 5000)
 
 
 async def redis_readiness(redis: Redis, keys: Keys) -> tuple[int, dict[str, str]]:

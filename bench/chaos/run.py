@@ -39,6 +39,7 @@ from ringez_worker.sandbox import (
 )
 from ringez_worker.sandbox.redis_server import free_port
 from ringez_worker.settings import load_settings
+from ringez_worker.worker.metrics import worker_presence
 from ringez_worker.worker.routes import build_router
 
 SECRET = "whsec_chaos"
@@ -227,12 +228,7 @@ class Stack:
 
     async def live_worker_pids(self) -> set[int]:
         """Pids of workers that are polling: their presence key is in Redis."""
-        pids = set()
-        async for key in self.client.scan_iter(match=KEYS.worker("*"), count=500):
-            raw = await self.client.get(key)
-            if raw:
-                pids.add(int(orjson.loads(raw)["pid"]))
-        return pids
+        return {int(w["pid"]) for w in await worker_presence(self.client, KEYS)}
 
     # Chaos.
 

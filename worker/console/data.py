@@ -13,7 +13,7 @@ from ringez_worker.api.ratelimit import api_key_fingerprint
 from ringez_worker.keys import Keys
 from ringez_worker.settings import Settings
 from ringez_worker.worker.activity import minute
-from ringez_worker.worker.metrics import queue_stats
+from ringez_worker.worker.metrics import queue_stats, worker_presence
 
 SERIES = ("accepted", "duplicate", "rejected", "handled", "retried", "failed")
 # The console reads at most this many log entries per page (the log's own cap bounds it too).
@@ -45,11 +45,7 @@ async def overview(redis: Redis, keys: Keys, settings: Settings) -> dict[str, An
                 reasons[reason] = reasons.get(reason, 0) + value
         for name in SERIES:
             series[name].append(rejected if name == "rejected" else counts.get(name, 0))
-    workers = []
-    async for key in redis.scan_iter(match=keys.worker("*"), count=500):
-        raw = await redis.get(key)
-        if raw:
-            workers.append(orjson.loads(raw))
+    workers = await worker_presence(redis, keys)
     return {
         "queue_depth": stats["depth"],
         "oldest_age_s": round(stats["oldest_age_s"], 1),
