@@ -1,5 +1,6 @@
-"""Rate-limit deferrals: a job the API answered 429 + Retry-After waits that long, and the
-wait is not one of its JOB_MAX_TRIES.
+"""Deferrals: a job stopped by something outside its handlers (the API's 429 +
+Retry-After, or Redis refusing a handler's command or its completion record) waits that
+long, and the wait is not one of its JOB_MAX_TRIES (`dispatch.outside_wait` decides).
 
 arq counts every run of a job (`arq:retry:<job id>`, incremented as the run starts) and
 the dispatcher's try count is built on it. A deferral winds that counter back by one, so
@@ -39,7 +40,7 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class Deferrals:
-    """Defers jobs for the API's rate limit, within `max_seconds` in total per job."""
+    """Defers jobs (rate limit, Redis refusing) within `max_seconds` in total per job."""
 
     redis: Redis
     keys: Keys
