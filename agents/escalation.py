@@ -8,7 +8,8 @@ attempt that holds it, so redeliveries, retries and concurrent workers can never
 transfer a call twice. An attempt that died while `claimed` sent nothing, so the retry
 of the same handler on the same delivery takes its claim over; one that died while
 `sending` may have transferred, so its retry records the delivery as failed for a
-person to check.
+person to check. A call that ends while its claim is still `claimed` marks the claim
+`skipped`: nothing was sent, and nothing can be now.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import orjson
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.phone import InvalidNumber, is_e164
 from ringez_worker.agents.state import CallKeys, append_once
+from ringez_worker.api import Priority, RingezClient
 from ringez_worker.handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 from ringez_worker.lua import LuaScript
 
@@ -58,6 +60,22 @@ redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
 return 1
 """
 )
+# KEYS: claim. The call has ended: a claim still `claimed` (its attempt died before
+# sending, or is between claim and send) can never send now; say so in the record
+# instead of leaving it looking like a transfer in progress. A live attempt then finds
+# its claim moved and stops (Superseded); `sending` and final states stay as they are.
+_END_CLAIMED = LuaScript(
+    """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local claim = cjson.decode(v)
+if claim['state'] ~= 'claimed' then return 0 end
+claim['state'] = 'skipped'
+claim['why'] = 'call ended before the transfer was sent'
+redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
+return 1
+"""
+)
 # Release only our own claim.
 _RELEASE = LuaScript(
     """
@@ -91,6 +109,10 @@ class EscalationAgent:
         """Mark the call ended first thing, so no late segment can start a transfer."""
         keys = CallKeys(ctx.settings.key_prefix, event.call_id or "")
         await ctx.redis.set(keys.ended, event.event, ex=self.config.escalation_claim_ttl_seconds)
+        # Seen in the CI chaos run: an attempt killed after claiming, its retry due after
+        # the caller hung up, left the claim `claimed` for good.
+        if await _END_CLAIMED(ctx.redis, [keys.escalation], []):
+            ctx.log.info("escalation.skipped", why="call ended before the transfer was sent")
 
     async def on_transcription(self, event: TranscriptionUpdated, ctx: Context) -> None:
         data = event.data
@@ -163,14 +185,17 @@ class EscalationAgent:
             )
             return None
 
+        # The caller is waiting: every request on the way to the transfer spends the
+        # budget's live class, never queued behind dialing or polling.
+        api = ctx.ringez.with_priority(Priority.LIVE)
         sent = False
         try:
-            call = await ctx.ringez.calls.get(call_id)
+            call = await api.calls.get(call_id)
             if call.status in ENDED_STATUSES:
                 await self._set_state(ctx, keys, claim, "skipped", status=call.status)
                 ctx.log.info("escalation.skipped", why=f"call is {call.status}")
                 return None
-            target = await self._route(event, ctx)
+            target = await self._route(event, api)
             note = f"Escalated by ringez-agent-worker: {reason}"
             if not await _MOVE(ctx.redis, [keys.escalation], [attempt, "claimed", "sending"]):
                 # A retry of this handler took the claim over (we were presumed dead); it
@@ -180,9 +205,7 @@ class EscalationAgent:
             # One HTTP attempt while `sending`: a refused one (503/429, no connection) frees
             # the claim and the job's own retry tries again, so the window in which a kill
             # leaves the outcome unknown is one request, not a retry loop with backoff.
-            await ctx.ringez.calls.transfer(
-                call_id, transfer_to=target, transfer_note=note, attempts=1
-            )
+            await api.calls.transfer(call_id, transfer_to=target, transfer_note=note, attempts=1)
         except Exception as exc:
             if sent and not _definitely_refused(exc):
                 await self._set_state(ctx, keys, claim, "uncertain", error=type(exc).__name__)
@@ -198,12 +221,12 @@ class EscalationAgent:
         ctx.log.info("escalation.transferred", transfer_to=target, reason=reason)
         return target
 
-    async def _route(self, event: Event, ctx: Context) -> str:
+    async def _route(self, event: Event, api: RingezClient) -> str:
         caller: dict[str, Any] = {"language": "en-US"}
         number = getattr(event.data, "from_number", None)
         if is_e164(number):
             caller["phone_number"] = number
-        routing = await ctx.ringez.agents.route_call(
+        routing = await api.agents.route_call(
             caller_info=caller,
             routing_criteria={
                 "department": self.config.escalation_department,

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # The account's API budget, shared by every worker through Redis (standard tier: 1000/h).
     ringez_rate_limit: int = Field(1000, ge=1)
     ringez_rate_period_seconds: float = Field(3600.0, gt=0)
+    # The last part of the budget only live-call actions may take (api/priority.py).
+    ringez_rate_reserve_live: float = Field(0.10, ge=0, lt=0.5)
     ringez_timeout_seconds: float = Field(10.0, gt=0)
     # A delivery the API keeps rate-limiting is deferred by each Retry-After (not counted
     # as a try) up to this much in total, then recorded as failed. At most a day: arq's own

@@ -167,6 +167,25 @@ async def test_a_claim_left_while_sending_goes_to_a_person(redis_url, redis_clie
         assert any("EscalationUncertain" in r for r in record["handlers"].values())
 
 
+async def test_a_call_ending_under_a_dead_attempts_claim_marks_it_skipped(redis_url, redis_client):
+    # Seen in a CI chaos run: the attempt that claimed was killed, and the caller hung up
+    # before its retry came; the claim must not stay `claimed` (a transfer in progress).
+    async with agent_stack(redis_url) as stack:
+        call_id, _ = _segment_on_a_live_call(stack, "ignored")
+        claim = {"delivery_id": "d0", "owner": "d0:sentiment", "attempt": "killed"}
+        key = f"rz:call:{call_id}:escalation"
+        await redis_client.set(key, orjson.dumps({**claim, "state": "claimed"}), ex=600)
+        ended = event_body("call.completed", duration=30, cost=0.05, call_id=call_id)
+        await post_webhook(stack.receiver_url, ended, stack.settings.webhook_secrets[0])
+        await wait_for(drained(redis_client, stack.settings), what="call.completed handled")
+        record = orjson.loads(await redis_client.get(key))
+        assert record["state"] == "skipped" and record["attempt"] == "killed"
+        assert stack.transfers(call_id) == []
+        # A claim that was already sending stays as it is, for the person who checks.
+        await redis_client.set(key, orjson.dumps({**claim, "state": "sending"}), ex=600)
+        assert await escalation._END_CLAIMED(redis_client, [key], []) == 0
+
+
 async def test_moving_a_claim_is_safe_to_resend(redis_client):
     # redis-py resends a script whose reply was lost: the second send must agree.
     claim = {"delivery_id": "d", "attempt": "a1", "state": "claimed"}

@@ -27,6 +27,7 @@ from ringez_worker.api import (
     InvalidId,
     InvalidResponse,
     NotFound,
+    Priority,
     RateLimited,
     RateLimitWaitExceeded,
     RedisRateLimiter,
@@ -768,6 +769,26 @@ async def test_retries_spend_the_rate_budget_too(api: FakeRingez, redis_client: 
         with pytest.raises(RateLimitWaitExceeded):
             await c.calls.get("c1")
     assert len(api.seen) == 2
+
+
+async def test_a_transfer_goes_out_when_polling_has_spent_its_share(
+    api: FakeRingez, redis_client: Redis
+) -> None:
+    # limit 10, reserve 20 %: background reads stop at 6 of 10, a live action still runs.
+    limiter = RedisRateLimiter(
+        redis_client, "rz:test:budget", limit=10, period=60, max_wait=0, reserve_live=0.2
+    )
+    async with make_client(api.base_url, rate_limiter=limiter) as c:
+        for i in range(6):
+            await c.calls.get(f"c{i}")
+        with pytest.raises(RateLimitWaitExceeded):
+            await c.calls.get("c6")
+        # The same read in the live class (the escalation agent's check before a transfer).
+        await c.with_priority(Priority.LIVE).calls.get("c6")
+        await c.calls.transfer("c6", transfer_to="+15005550006")
+        assert c.with_session_id("s1").priority is None
+        assert c.with_priority(Priority.DIAL).with_session_id("s1").priority is Priority.DIAL
+    assert [s.path for s in api.seen][-2:] == ["/calls/c6", "/calls/c6/actions"]
 
 
 async def test_from_settings_needs_an_api_key(redis_url: str) -> None:

@@ -12,7 +12,8 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ringez_worker.api import RateLimitWaitExceeded, RedisRateLimiter
+from ringez_worker.api import Priority, RateLimitWaitExceeded, RedisRateLimiter
+from ringez_worker.api.priority import default_priority
 from ringez_worker.api.ratelimit import api_key_fingerprint
 from ringez_worker.sandbox.redis_server import free_port
 
@@ -126,3 +127,52 @@ async def test_a_pause_holds_every_limiter_and_is_never_shortened(
     assert held.value.retry_after > 3590
     # Nothing was taken from the budget while paused.
     assert await redis_client.zcard(KEY) == 0
+
+
+async def test_lower_classes_leave_the_last_of_the_window_to_live_actions(
+    redis_client: Redis,
+) -> None:
+    # limit 10, reserve 20 %: live 10, dial 8, analysis 7, background 6.
+    limiter = RedisRateLimiter(redis_client, KEY, limit=10, period=3600, reserve_live=0.2)
+    assert limiter.ceilings == {
+        Priority.LIVE: 10,
+        Priority.DIAL: 8,
+        Priority.ANALYSIS: 7,
+        Priority.BACKGROUND: 6,
+    }
+    granted = {p: 0 for p in Priority}
+    for p in sorted(Priority, reverse=True):  # the lowest class fills the window first
+        while await limiter.try_acquire(p) == 0.0:
+            granted[p] += 1
+    assert granted == {
+        Priority.BACKGROUND: 6,
+        Priority.ANALYSIS: 1,
+        Priority.DIAL: 1,
+        Priority.LIVE: 2,
+    }
+    assert await limiter.used() == 10 and await limiter.left_fraction() == 0.0
+
+
+async def test_a_lower_class_waits_for_enough_grants_to_leave(redis_client: Redis) -> None:
+    limiter = RedisRateLimiter(redis_client, KEY, limit=10, period=2.0, reserve_live=0.2)
+    # A full window: one grant 1.5 s old, nine 0.1 s old (on the Redis clock, as the
+    # script's own grants are).
+    seconds, micros = await redis_client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    await redis_client.zadd(
+        KEY, {"old": now_ms - 1500, **{f"new{i}": now_ms - 100 for i in range(9)}}
+    )
+    # Live needs one grant to leave (the old one, in ~0.5 s); background (ceiling 6) needs
+    # five to leave, so it waits for the new ones (~1.9 s).
+    live_wait = await limiter.try_acquire(Priority.LIVE)
+    background_wait = await limiter.try_acquire(Priority.BACKGROUND)
+    assert 0 < live_wait < 1.0 < background_wait <= 2.0
+
+
+def test_default_classes_follow_the_issue_order() -> None:
+    assert default_priority("POST", "/calls/c1/actions") is Priority.LIVE
+    assert default_priority("DELETE", "/calls/c1") is Priority.LIVE
+    assert default_priority("POST", "/calls/initiate") is Priority.DIAL
+    assert default_priority("POST", "/agents/sentiment-analysis") is Priority.ANALYSIS
+    assert default_priority("GET", "/calls/c1") is Priority.BACKGROUND
+    assert default_priority("GET", "/transcripts/c1") is Priority.BACKGROUND

@@ -17,6 +17,7 @@ from ringez_worker.api.errors import (
     Unauthorized,
 )
 from ringez_worker.api.models import BatchCall, CallSettings, UserConsent
+from ringez_worker.api.priority import Priority
 from ringez_worker.api.ratelimit import RateLimiter, RedisRateLimiter
 from ringez_worker.api.retry import RetryPolicy
 
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidId",
     "InvalidResponse",
     "NotFound",
+    "Priority",
     "RateLimitWaitExceeded",
     "RateLimited",
     "RateLimiter",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 from pydantic import SecretStr
 
+from ringez_worker.api.priority import Priority, default_priority
 from ringez_worker.api.ratelimit import RateLimiter, RedisRateLimiter
 from ringez_worker.api.resources import (
     Agents,
@@ -66,10 +67,15 @@ class RingezClient:
             ),
             rate_limiter=rate_limiter,
         )
-        self._bind(transport, agent_id, session_id, owns_transport=True)
+        self._bind(transport, agent_id, session_id, owns_transport=True, priority=None)
 
     def _bind(
-        self, transport: HttpTransport, agent_id: str, session_id: str | None, owns_transport: bool
+        self,
+        transport: HttpTransport,
+        agent_id: str,
+        session_id: str | None,
+        owns_transport: bool,
+        priority: Priority | None,
     ) -> None:
         if not agent_id:
             raise ValueError("agent_id must not be empty")
@@ -77,6 +83,7 @@ class RingezClient:
         self._owns_transport = owns_transport
         self.agent_id = agent_id
         self.session_id = session_id
+        self.priority = priority
         self.sessions = Sessions(self)
         self.wallet = Wallet(self)
         self.calls = Calls(self)
@@ -115,6 +122,7 @@ class RingezClient:
                 limit=rate_limit or settings.ringez_rate_limit,
                 period=rate_period or settings.ringez_rate_period_seconds,
                 max_wait=rate_max_wait,
+                reserve_live=settings.ringez_rate_reserve_live,
             )
         return cls(
             settings.ringez_api_url,
@@ -131,8 +139,16 @@ class RingezClient:
 
         Closing the view does nothing; close the original client.
         """
+        return self._view(session_id, self.priority)
+
+    def with_priority(self, priority: Priority | None) -> RingezClient:
+        """A view of this client whose requests all spend the budget class `priority`
+        (None: each endpoint's default class, api/priority.py); shares its HTTP session."""
+        return self._view(self.session_id, priority)
+
+    def _view(self, session_id: str | None, priority: Priority | None) -> RingezClient:
         view = object.__new__(type(self))
-        view._bind(self._transport, self.agent_id, session_id, owns_transport=False)
+        view._bind(self._transport, self.agent_id, session_id, False, priority)
         return view
 
     @property
@@ -177,6 +193,7 @@ class RingezClient:
             params=params,
             idempotent=idempotent,
             attempts=attempts,
+            priority=self.priority if self.priority is not None else default_priority(method, path),
         )
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ringez_worker.api.errors import RateLimitWaitExceeded
+from ringez_worker.api.priority import Priority, ceilings
 from ringez_worker.logs import get_logger
 from ringez_worker.lua import LuaScript
 
@@ -27,25 +28,27 @@ log = get_logger("ringez.api.ratelimit")
 #    request. Trim what fell out of the window, grant if there is room, else say how long
 #    until the oldest grant leaves it.
 # Atomic, so N processes never grant more than `limit` between them, nor any in a pause.
-# Priority classes (a later issue) are budgets of their own behind the same pause gate:
-# the API's 429 stops the whole account, whatever the class.
+# ARGV[1] is the caller's class ceiling (api/priority.py): a lower class is refused once
+# the window holds its ceiling, and waits until enough grants leave for it to fit. The
+# API's 429 pause stops the whole account, whatever the class.
 _SLIDING_WINDOW = LuaScript(
     """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
 local key = KEYS[1]
-local limit = tonumber(ARGV[1])
+local ceiling = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-if redis.call('ZCARD', key) < limit then
+local used = redis.call('ZCARD', key)
+if used < ceiling then
   redis.call('ZADD', key, now, ARGV[3])
   redis.call('PEXPIRE', key, window)
   return 0
 end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+local leaving = redis.call('ZRANGE', key, used - ceiling, used - ceiling, 'WITHSCORES')
+return math.max(1, tonumber(leaving[2]) + window - now)
 """
 )
 # Pause the account for ARGV[1] ms from now, unless it is already paused for longer
@@ -65,7 +68,7 @@ PREMIUM_TIER = (10000, 3600.0)
 class RateLimiter(Protocol):
     """Anything the client can ask for permission before each HTTP request."""
 
-    async def acquire(self) -> None: ...
+    async def acquire(self, priority: Priority = Priority.LIVE) -> None: ...
 
     async def pause(self, seconds: float, reason: str = "") -> None:
         """The API asked the whole account to wait `seconds` (a 429's Retry-After)."""
@@ -80,7 +83,10 @@ def api_key_fingerprint(api_key: str | SecretStr) -> str:
 
 class RedisRateLimiter:
     """At most `limit` requests in any `period` seconds, across all processes sharing `key`,
-    and none at all while the account is paused (`pause`, kept at `key` + ":pause")."""
+    and none at all while the account is paused (`pause`, kept at `key` + ":pause").
+
+    Each priority class below LIVE stops short of `limit` (`reserve_live`, api/priority.py),
+    so live-call actions find room when dialing or polling has filled the window."""
 
     def __init__(
         self,
@@ -91,6 +97,7 @@ class RedisRateLimiter:
         period: float = STANDARD_TIER[1],
         max_wait: float = 60.0,
         fail_open: bool = True,
+        reserve_live: float = 0.10,
     ) -> None:
         if limit < 1 or period <= 0 or max_wait < 0:
             raise ValueError("limit must be >= 1, period > 0 and max_wait >= 0")
@@ -102,6 +109,7 @@ class RedisRateLimiter:
         # Redis being down should not stop API calls: the API's own 429s still bound us.
         self.fail_open = fail_open
         self.pause_key = f"{key}:pause"
+        self.ceilings = ceilings(limit, reserve_live)
         self._window_ms = max(1, round(period * 1000))
         self._rng = random.Random()
 
@@ -116,6 +124,7 @@ class RedisRateLimiter:
         period: float = STANDARD_TIER[1],
         max_wait: float = 60.0,
         fail_open: bool = True,
+        reserve_live: float = 0.10,
     ) -> RedisRateLimiter:
         """The limiter for one API key's budget; the key itself appears only as a hash."""
         return cls(
@@ -125,17 +134,32 @@ class RedisRateLimiter:
             period=period,
             max_wait=max_wait,
             fail_open=fail_open,
+            reserve_live=reserve_live,
         )
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(key={self.key!r}, limit={self.limit}, period={self.period})"
 
-    async def try_acquire(self) -> float:
-        """Take one request from the budget if there is room: 0.0, else seconds to wait."""
+    async def try_acquire(self, priority: Priority = Priority.LIVE) -> float:
+        """Take one request from the budget if there is room for `priority`: 0.0, else
+        seconds to wait."""
         wait_ms = await _SLIDING_WINDOW(
-            self.redis, [self.key, self.pause_key], [self.limit, self._window_ms, uuid.uuid4().hex]
+            self.redis,
+            [self.key, self.pause_key],
+            [self.ceilings[priority], self._window_ms, uuid.uuid4().hex],
         )
         return int(wait_ms) / 1000
+
+    async def used(self) -> int:
+        """Requests granted in the current window (all classes)."""
+        t = await self.redis.time()
+        now_ms = int(t[0]) * 1000 + int(t[1]) // 1000
+        return int(await self.redis.zcount(self.key, now_ms - self._window_ms, "+inf"))
+
+    async def left_fraction(self) -> float:
+        """The share of the whole window still free (1.0: nothing used), for callers that
+        back off before the budget runs out (the quality monitor's floor)."""
+        return max(0.0, 1.0 - await self.used() / self.limit)
 
     async def pause(self, seconds: float, reason: str = "") -> None:
         """Stop every process sharing this budget for `seconds` (never shortening a pause).
@@ -154,12 +178,13 @@ class RedisRateLimiter:
         ms = await self.redis.pttl(self.pause_key)
         return max(0, int(ms)) / 1000
 
-    async def acquire(self) -> None:
-        """Wait until the budget allows one more request; raise if that takes over max_wait."""
+    async def acquire(self, priority: Priority = Priority.LIVE) -> None:
+        """Wait until the budget allows one more request of `priority`; raise if that takes
+        over max_wait."""
         deadline = time.monotonic() + self.max_wait
         while True:
             try:
-                wait = await self.try_acquire()
+                wait = await self.try_acquire(priority)
             except RedisError as exc:
                 if not self.fail_open:
                     raise
@@ -170,10 +195,11 @@ class RedisRateLimiter:
             remaining = deadline - time.monotonic()
             if wait > remaining:
                 raise RateLimitWaitExceeded(
-                    f"rate limit budget exhausted or account paused; next slot in "
+                    f"rate limit budget exhausted for {priority.label} requests or account "
+                    f"paused; next slot in "
                     f"{wait:.3f} s, over the {self.max_wait:g} s wait allowed",
                     retry_after=wait,
                 )
-            log.debug("ringez.ratelimit.wait", wait_s=wait)
+            log.debug("ringez.ratelimit.wait", wait_s=wait, priority=priority.label)
             # A little jitter so processes woken by the same freed slot do not all collide.
             await asyncio.sleep(wait + self._rng.uniform(0, 0.005 + wait * 0.05))

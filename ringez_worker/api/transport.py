@@ -22,6 +22,7 @@ from ringez_worker.api.errors import (
     RingezUnavailable,
     error_for_status,
 )
+from ringez_worker.api.priority import Priority
 from ringez_worker.api.ratelimit import RateLimiter
 from ringez_worker.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from ringez_worker.logs import REDACTED, REDACTOR, get_logger
@@ -91,11 +92,13 @@ class HttpTransport:
         params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
         attempts: int | None = None,
+        priority: Priority = Priority.LIVE,
     ) -> dict[str, Any]:
         """Send one logical request, retrying what may succeed later; the JSON object answer.
 
         `attempts` overrides the retry policy's number of tries (1: no retries here, for a
-        caller that retries on its own terms).
+        caller that retries on its own terms). `priority` is the budget class each attempt
+        spends (api/priority.py).
 
         `idempotent=False` (call actions such as a transfer, which carry no idempotency
         key) retries only when the request surely did not run: no connection was made,
@@ -119,7 +122,7 @@ class HttpTransport:
         policy = self.retry if attempts is None else replace(self.retry, max_attempts=attempts)
         for attempt in range(1, policy.max_attempts + 1):
             if self.rate_limiter is not None:
-                await self.rate_limiter.acquire()
+                await self.rate_limiter.acquire(priority)
             started = time.perf_counter()
             try:
                 async with self._get_session().request(
