@@ -4,8 +4,10 @@ delivery log and counters the receiver and dispatcher write."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
@@ -268,3 +270,19 @@ async def test_the_overview_links_the_latest_report_served_with_no_script(consol
     assert "script-src" not in policy and policy.startswith("default-src 'none'")
     gated = await console.get("/ops/reports/latest", allow_redirects=False)
     assert gated.status == 303  # still behind the login
+
+
+async def test_a_killed_workers_record_is_shown_stale_and_not_counted(console, redis_client: Redis):
+    # A SIGKILLed worker's presence record outlives it by its TTL (4 beats); the overview
+    # counted it as alive until it expired.
+    now_ms = int(time.time() * 1000)
+    beat = {"every_ms": 1000, "running": 3, "complete": 0, "retried": 0, "failed": 0}
+    await redis_client.set(
+        "rz:worker:alive", orjson.dumps({**beat, "host": "a", "pid": 1, "at_ms": now_ms}), ex=60
+    )
+    gone = {**beat, "host": "b", "pid": 2, "at_ms": now_ms - 3500}
+    await redis_client.set("rz:worker:gone", orjson.dumps(gone), ex=60)
+    overview = await (await console.get("/ops/api/overview", headers=BEARER)).json()
+    assert overview["workers_alive"] == 1 and overview["jobs_running"] == 3
+    page = await (await console.get("/ops/", headers=BEARER)).text()
+    assert page.count("stale: killed or stuck?") == 1

@@ -13,7 +13,7 @@ from ringez_worker.api.ratelimit import api_key_fingerprint
 from ringez_worker.keys import Keys
 from ringez_worker.settings import Settings
 from ringez_worker.worker.activity import minute
-from ringez_worker.worker.metrics import queue_stats, worker_presence
+from ringez_worker.worker.metrics import presence_stale, queue_stats, worker_presence
 
 SERIES = ("accepted", "duplicate", "rejected", "handled", "retried", "failed")
 # The console reads at most this many log entries per page (the log's own cap bounds it too).
@@ -45,14 +45,18 @@ async def overview(redis: Redis, keys: Keys, settings: Settings) -> dict[str, An
                 reasons[reason] = reasons.get(reason, 0) + value
         for name in SERIES:
             series[name].append(rejected if name == "rejected" else counts.get(name, 0))
-    workers = await worker_presence(redis, keys)
+    now_ms = time.time() * 1000  # the workers stamp `at_ms` with their wall clock
+    workers = [
+        {**w, "stale": presence_stale(w, now_ms)} for w in await worker_presence(redis, keys)
+    ]
     return {
         "queue_depth": stats["depth"],
         "oldest_age_s": round(stats["oldest_age_s"], 1),
         "failed_events": stats["failed"],
         "workers": sorted(workers, key=lambda w: (w.get("host", ""), w.get("pid", 0))),
-        "workers_alive": len(workers),
-        "jobs_running": sum(int(w.get("running", 0)) for w in workers),
+        # A killed worker's record outlives it by its TTL; it is shown, marked, not counted.
+        "workers_alive": sum(not w["stale"] for w in workers),
+        "jobs_running": sum(int(w.get("running", 0)) for w in workers if not w["stale"]),
         "budget": await _budget(redis, keys, settings),
         "totals": {name: sum(values) for name, values in series.items()},
         "series": series,
