@@ -13,11 +13,19 @@ if __name__ != "ringez_worker.agents":  # the folder maps into the namespace (py
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
+from ringez_worker.agents.quality import QualityAgent
 from ringez_worker.agents.recharge import RechargeAgent
 from ringez_worker.agents.support import SupportAgent
 from ringez_worker.handlers.router import Router
 
-__all__ = ["AgentSettings", "EscalationAgent", "RechargeAgent", "SupportAgent", "build_agents"]
+__all__ = [
+    "AgentSettings",
+    "EscalationAgent",
+    "QualityAgent",
+    "RechargeAgent",
+    "SupportAgent",
+    "build_agents",
+]
 
 
 def build_agents(
@@ -40,4 +48,8 @@ def build_agents(
         recharge = RechargeAgent(config)
         recharge.register(router)
         agents.append(recharge)
+    if config.enabled("quality"):
+        quality = QualityAgent(config)
+        quality.register(router)
+        agents.append(quality)
     return router, agents

@@ -10,6 +10,8 @@ from ringez_worker.logs import register_secrets
 from ringez_worker.settings import settings_error
 
 ALL_AGENTS = ("support", "escalation", "recharge")
+# Opt-in (it polls every answered call, spending API budget): AGENTS_ENABLED=...,quality.
+OPTIONAL_AGENTS = ("quality",)
 
 
 class AgentSettings(BaseSettings):
@@ -50,14 +52,22 @@ class AgentSettings(BaseSettings):
     recharge_settle_seconds: float = Field(600.0, ge=0)
     # How long each charge's record is kept for the daily report.
     recharge_record_ttl_seconds: int = Field(35 * 24 * 3600, ge=3600)
+    # Call quality monitor (agents/quality.py, issue 17).
+    quality_poll_seconds: float = Field(5.0, gt=0)
+    quality_mos_warn: float = Field(3.5, ge=0, le=5)
+    quality_mos_critical: float = Field(2.5, ge=0, le=5)
+    quality_packet_loss_max: float = Field(0.05, ge=0, le=1)
+    quality_latency_max_ms: float = Field(300.0, ge=0)
+    quality_budget_floor: float = Field(0.20, ge=0, le=1)
+    quality_record_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
     @field_validator("agents_enabled")
     @classmethod
     def _known_agents(cls, value: str) -> str:
-        unknown = {a.strip() for a in value.split(",") if a.strip()} - set(ALL_AGENTS)
+        unknown = {a.strip() for a in value.split(",") if a.strip()} - set(ALL_AGENTS + OPTIONAL_AGENTS)
         if unknown:
             # The unknown names are not echoed: start-up errors never show a value.
-            raise ValueError(f"unknown agent name; choose from {', '.join(ALL_AGENTS)}")
+            raise ValueError(f"unknown agent name; choose from {', '.join(ALL_AGENTS + OPTIONAL_AGENTS)}")
         return value
 
     @field_validator("escalation_default_number")

@@ -152,6 +152,11 @@ class CallActionResult(RingezModel):
     timestamp: str | None = None
 
 
+class IssueReported(RingezModel):
+    issue_id: str | None = None
+    status: str | None = None
+
+
 class CallEnded(RingezModel):
     call_id: str | None = None
     status: str | None = None

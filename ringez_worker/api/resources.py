@@ -229,6 +229,19 @@ class Calls(Resource):
         parameters = _fields(transfer_to=transfer_to, transfer_note=transfer_note, reason=reason)
         return await self.action(call_id, "transfer", parameters, attempts=attempts)
 
+    async def report_issue(
+        self, call_id: str, issue: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> m.IssueReported:
+        """POST /calls/{call_id}/issues (the guide's `calls.reportIssue`), e.g.
+        `{"type": "quality", "metrics": {...}}`; one idempotency key for all attempts."""
+        body = {**issue, "idempotency_key": _idempotency_key(idempotency_key)}
+        path = f"/calls/{_seg(call_id)}/issues"
+        return await self._send(m.IssueReported, "POST", path, json=body)
+
+    async def switch_codec(self, call_id: str, codec: str) -> m.CallActionResult:
+        """The guide's `calls.switchCodec`: a `switch_codec` action, never re-sent."""
+        return await self.action(call_id, "switch_codec", {"codec": codec})
+
     async def hangup(self, call_id: str) -> m.CallEnded:
         """DELETE /calls/{call_id}: end the call, returning its duration and cost."""
         return await self._send(m.CallEnded, "DELETE", f"/calls/{_seg(call_id)}")

@@ -1,0 +1,162 @@
+"""Call quality monitor (issue 17; the guide's "Real-time Call Quality Monitoring").
+
+- `call.answered` schedules the first `quality.check` task; each check reads
+  GET /calls/{id} (Priority.BACKGROUND) and schedules the next one QUALITY_POLL_SECONDS
+  later, so no worker sleeps in a loop. A check that finds the call ended schedules nothing.
+- One pending check per call: each check's task key is `<call>:<n>` (a running task
+  cannot requeue its own key), so concurrent or redelivered schedulers of step n collapse
+  into one job; `call.answered` only starts step 0 while the call has no `started` mark.
+- A breach is claimed per call+level in Redis (SET NX) before it is logged or acted on,
+  so it is logged once and `report_issue` / `switch_codec` (Priority.LIVE) are sent at
+  most once per call per level, whatever retries or redeliveries happen.
+- Below QUALITY_BUDGET_FLOOR of the rate window left, new calls are not monitored and
+  live ones poll 4x slower (said once in the log per process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.api.priority import Priority
+from ringez_worker.handlers import Context, Router
+from ringez_worker.jobs import schedule_task
+from ringez_worker.keys import Keys
+
+CHECK = "quality.check"
+_SLOW_FACTOR = 4  # how much slower live calls poll under the budget floor
+
+
+def breaches(
+    cfg: AgentSettings, mos: float | None, loss: float | None, lat: float | None
+) -> list[str]:
+    """The levels this sample breaches: critical, warning, packet_loss, latency."""
+    found: list[str] = []
+    if mos is not None and mos < cfg.quality_mos_critical:
+        found.append("critical")
+    if mos is not None and mos < cfg.quality_mos_warn:
+        found.append("warning")
+    if loss is not None and loss > cfg.quality_packet_loss_max:
+        found.append("packet_loss")
+    if lat is not None and lat > cfg.quality_latency_max_ms:
+        found.append("latency")
+    return found
+
+
+class QualityAgent:
+    name = "quality"
+
+    def __init__(self, config: AgentSettings) -> None:
+        self.config = config
+        self._floor_said = False
+
+    def register(self, router: Router) -> None:
+        router.add("call.answered", self.on_answered, name="agents.quality.answered")
+        router.add("call.completed", self.on_ended, name="agents.quality.completed")
+        router.add("call.failed", self.on_ended, name="agents.quality.failed")
+        router.on_task(CHECK, name="agents.quality.check")(self.on_check)
+
+    def _key(self, ctx: Context, call_id: str, name: str) -> str:
+        return f"{ctx.settings.key_prefix}:call:{call_id}:quality:{name}"
+
+    async def _below_floor(self, ctx: Context) -> bool:
+        limiter = ctx.ringez.rate_limiter if ctx.has_ringez else None
+        left_fraction = getattr(limiter, "left_fraction", None)
+        if left_fraction is None:
+            return False
+        below = bool(await left_fraction() < self.config.quality_budget_floor)
+        if below and not self._floor_said:
+            self._floor_said = True
+            ctx.log.warning("quality.budget_floor", floor=self.config.quality_budget_floor)
+        return below
+
+    async def _schedule(self, ctx: Context, call_id: str, step: int, delay: float) -> bool:
+        keys = Keys(prefix=ctx.settings.key_prefix, queue=ctx.settings.queue_name)
+        data = {"call_id": call_id, "step": step}
+        return await schedule_task(
+            ctx.redis, keys, CHECK, data, key=f"{call_id}:{step}", delay_seconds=delay
+        )
+
+    async def on_answered(self, event: Any, ctx: Context) -> None:
+        call_id = event.call_id
+        ttl = self.config.quality_record_ttl_seconds
+        if await ctx.redis.exists(self._key(ctx, call_id, "started")):
+            return  # a redelivery: the chain of checks already runs (or ran)
+        if await self._below_floor(ctx):
+            ctx.log.info("quality.not_monitored", call_id=call_id, reason="budget_floor")
+            return
+        # Schedule before marking: a crash in between leaves a redelivery to retry it, and
+        # the unique key collapses a second step 0 while the first is pending.
+        await self._schedule(ctx, call_id, 0, self.config.quality_poll_seconds)
+        await ctx.redis.set(self._key(ctx, call_id, "started"), "1", ex=ttl)
+
+    async def on_ended(self, event: Any, ctx: Context) -> None:
+        ttl = self.config.quality_record_ttl_seconds
+        await ctx.redis.set(self._key(ctx, event.call_id, "ended"), "1", ex=ttl)
+
+    async def on_check(self, event: Any, ctx: Context) -> None:
+        data = event.data if isinstance(event.data, dict) else event.data.model_dump()
+        call_id = str(data["call_id"])
+        step = int(data.get("step", 0))
+        if await ctx.redis.exists(self._key(ctx, call_id, "ended")):
+            return
+        status = await ctx.ringez.with_priority(Priority.BACKGROUND).calls.get(call_id)
+        if status.status in {"completed", "failed", "ended", "canceled", "no-answer", "busy"}:
+            return
+        q = status.quality_metrics
+        if q is not None:
+            await self._record(ctx, call_id, q.mos_score, q.packet_loss, q.latency_ms)
+            for level in breaches(self.config, q.mos_score, q.packet_loss, q.latency_ms):
+                await self._breach(ctx, call_id, level, q.model_dump())
+        delay = self.config.quality_poll_seconds
+        if await self._below_floor(ctx):
+            delay *= _SLOW_FACTOR
+        await self._schedule(ctx, call_id, step + 1, delay)
+
+    async def _record(
+        self, ctx: Context, call_id: str, mos: float | None, loss: float | None, lat: float | None
+    ) -> None:
+        key = self._key(ctx, call_id, "record")
+        async with ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "samples", 1)
+            if mos is not None:
+                pipe.hincrbyfloat(key, "mos_sum", mos)
+                pipe.hincrby(key, "mos_samples", 1)
+            pipe.expire(key, self.config.quality_record_ttl_seconds)
+            await pipe.execute()
+        for field, value, worse in (
+            ("mos_min", mos, min),
+            ("loss_max", loss, max),
+            ("latency_max", lat, max),
+        ):
+            if value is None:
+                continue
+            old = await ctx.redis.hget(key, field)
+            new = value if old is None else worse(float(old), value)
+            await ctx.redis.hset(key, field, repr(new))
+
+    async def _breach(
+        self, ctx: Context, call_id: str, level: str, metrics: dict[str, Any]
+    ) -> None:
+        ttl = self.config.quality_record_ttl_seconds
+        claim = self._key(ctx, call_id, f"breach:{level}")
+        if not await ctx.redis.set(claim, "claimed", nx=True, ex=ttl):
+            done = await ctx.redis.get(claim)
+            # A claim left "claimed" by a crashed attempt: report_issue carries an
+            # idempotency key, so resending is safe; switch_codec has none, so it is not
+            # resent (at most once beats twice).
+            if done != b"claimed" or level != "warning":
+                return
+        else:
+            ctx.log.warning("quality.breach", call_id=call_id, level=level, **metrics)
+        live = ctx.ringez.with_priority(Priority.LIVE).calls
+        if level == "warning":
+            await live.report_issue(
+                call_id,
+                {"type": "quality", "metrics": metrics},
+                idempotency_key=f"quality:{call_id}:warning",
+            )
+        elif level == "critical":
+            await live.switch_codec(call_id, "OPUS")
+        await ctx.redis.set(claim, "done", ex=ttl)
+        await ctx.redis.hset(self._key(ctx, call_id, "record"), f"breach:{level}", "1")
