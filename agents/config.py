@@ -12,6 +12,7 @@ from ringez_worker.settings import settings_error
 ALL_AGENTS = ("support", "escalation", "recharge")
 # Opt-in (it polls every answered call, spending API budget): AGENTS_ENABLED=...,quality.
 OPTIONAL_AGENTS = ("quality",)
+KNOWN_AGENTS = ALL_AGENTS + OPTIONAL_AGENTS
 
 
 class AgentSettings(BaseSettings):
@@ -64,10 +65,10 @@ class AgentSettings(BaseSettings):
     @field_validator("agents_enabled")
     @classmethod
     def _known_agents(cls, value: str) -> str:
-        unknown = {a.strip() for a in value.split(",") if a.strip()} - set(ALL_AGENTS + OPTIONAL_AGENTS)
+        unknown = {a.strip() for a in value.split(",") if a.strip()} - set(KNOWN_AGENTS)
         if unknown:
             # The unknown names are not echoed: start-up errors never show a value.
-            raise ValueError(f"unknown agent name; choose from {', '.join(ALL_AGENTS + OPTIONAL_AGENTS)}")
+            raise ValueError(f"unknown agent name; choose from {', '.join(KNOWN_AGENTS)}")
         return value
 
     @field_validator("escalation_default_number")
