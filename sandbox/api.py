@@ -150,6 +150,12 @@ async def call_action(request: web.Request) -> web.Response:
     return json_response(result)
 
 
+async def report_issue(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    sb = request.app[SANDBOX]
+    return json_response(sb.state.report_issue(request.match_info["call_id"], body))
+
+
 async def hang_up(request: web.Request) -> web.Response:
     """Hang up; on a call that already ended, answer with how it ended (DELETE is idempotent)."""
     sb = request.app[SANDBOX]
@@ -366,6 +372,7 @@ def add_api_routes(app: web.Application, base: str) -> None:
     r.add_get(f"{base}/calls/{{call_id}}", get_call)
     r.add_delete(f"{base}/calls/{{call_id}}", hang_up)
     r.add_post(f"{base}/calls/{{call_id}}/actions", call_action)
+    r.add_post(f"{base}/calls/{{call_id}}/issues", report_issue)
     r.add_post(f"{base}/calls/{{call_id}}/transcribe", transcribe)
     r.add_post(f"{base}/batch/calls", batch_calls)
     r.add_get(f"{base}/transcripts/{{call_id}}", transcript)

@@ -138,6 +138,10 @@ class Call:
     transcription_id: str | None = None
     # The wallet balance when this call's charge took it under the low-balance threshold.
     balance_low: dict[str, Any] | None = None
+    # Quality metrics a scenario set (poor_quality), over the defaults below.
+    quality: dict[str, float] = field(default_factory=dict)
+    codec: str | None = None
+    issues: list[dict[str, Any]] = field(default_factory=list)
     # Set on every change so a simulation or scenario driving the call wakes up.
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
@@ -187,6 +191,7 @@ class Call:
                 "mos_score": 4.3 if answered else None,
                 "latency_ms": 85 if answered else None,
                 "packet_loss": 0.1 if answered else None,
+                **(self.quality if answered else {}),
             },
             "answered_at": iso(self.answered_at) if self.answered_at is not None else None,
             "ended_at": iso(self.ended_at) if self.ended_at is not None else None,

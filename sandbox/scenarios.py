@@ -17,6 +17,7 @@ from ringez_worker.logs import get_logger
 from ringez_worker.sandbox.config import ANSWERS, BUSY, NO_ANSWER
 from ringez_worker.sandbox.engine import Sandbox
 from ringez_worker.sandbox.models import Call, iso
+from ringez_worker.sandbox.quality import degrade
 
 log = get_logger("ringez.sandbox.scenarios")
 
@@ -147,6 +148,12 @@ async def _low_balance(sb: Sandbox, call: Call) -> None:
     await sb.finish(call)
 
 
+async def _poor_quality(sb: Sandbox, call: Call) -> None:
+    if await _connect(sb, call) and await degrade(sb, call):
+        sb.state.complete_call(call, duration=120)
+    await sb.finish(call)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -170,6 +177,12 @@ SCENARIOS: dict[str, Scenario] = {
             ANSWERS,
             _low_balance,
             initial_minutes=_low_balance_minutes,
+        ),
+        Scenario(
+            "poor_quality",
+            "call quality degrades: MOS under both thresholds, packet loss spiking",
+            ANSWERS,
+            _poor_quality,
         ),
     )
 }

@@ -329,10 +329,22 @@ class SandboxState:
         call.touch()
         return call
 
+    def report_issue(self, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /calls/{id}/issues (the guide's reportIssue); one issue per idempotency key."""
+        call = self.get_call(call_id)
+        key = body.get("idempotency_key")
+        for issue in call.issues:
+            if key and issue.get("idempotency_key") == key:
+                return {"issue_id": issue["issue_id"], "status": "open"}
+        issue_id = f"iss_{call_id}_{len(call.issues) + 1}"
+        call.issues.append({**body, "issue_id": issue_id, "timestamp": iso(self.now())})
+        call.touch()
+        return {"issue_id": issue_id, "status": "open"}
+
     def act(self, call_id: str, action: object, parameters: dict[str, Any]) -> dict[str, Any]:
         """Run a call action; any action on a call that is not connected is a 409."""
         call = self.get_call(call_id)
-        if action not in ("dtmf", "hold", "unhold", "transfer", "hangup"):
+        if action not in ("dtmf", "hold", "unhold", "transfer", "hangup", "switch_codec"):
             raise SandboxError(
                 400, "invalid_action", "action must be dtmf, hold, unhold, transfer or hangup"
             )
@@ -350,6 +362,8 @@ class SandboxState:
                 raise SandboxError(400, "invalid_digits", "digits must be 0-9, *, # or w")
         elif action in ("hold", "unhold"):
             call.on_hold = action == "hold"
+        elif action == "switch_codec":
+            call.codec = str(parameters.get("codec") or "OPUS")
         elif action == "transfer":
             call.transferred_to = check_e164(parameters.get("transfer_to"), "transfer_to")
             call.on_hold = False
