@@ -22,8 +22,34 @@ from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
 
 CHECK = "quality.check"
+
+# KEYS: record. ARGV: mos, packet loss, latency ("" = none), ttl.
+_RECORD = LuaScript(
+    """
+local k = KEYS[1]
+redis.call('HINCRBY', k, 'samples', 1)
+local function worse(field, v, lower)
+  if v == '' then return end
+  local old = redis.call('HGET', k, field)
+  local n = tonumber(v)
+  if not old or (lower and n < tonumber(old)) or (not lower and n > tonumber(old)) then
+    redis.call('HSET', k, field, v)
+  end
+end
+if ARGV[1] ~= '' then
+  redis.call('HINCRBYFLOAT', k, 'mos_sum', ARGV[1])
+  redis.call('HINCRBY', k, 'mos_samples', 1)
+end
+worse('mos_min', ARGV[1], true)
+worse('packet_loss_max', ARGV[2], false)
+worse('latency_max_ms', ARGV[3], false)
+redis.call('EXPIRE', k, tonumber(ARGV[4]))
+return 1
+"""
+)
 _SLOW_FACTOR = 4  # how much slower live calls poll under the budget floor
 
 
@@ -116,24 +142,11 @@ class QualityAgent:
     async def _record(
         self, ctx: Context, call_id: str, mos: float | None, loss: float | None, lat: float | None
     ) -> None:
-        key = self._key(ctx, call_id, "record")
-        async with ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "samples", 1)
-            if mos is not None:
-                pipe.hincrbyfloat(key, "mos_sum", mos)
-                pipe.hincrby(key, "mos_samples", 1)
-            pipe.expire(key, self.config.quality_record_ttl_seconds)
-            await pipe.execute()
-        for field, value, worse in (
-            ("mos_min", mos, min),
-            ("loss_max", loss, max),
-            ("latency_max", lat, max),
-        ):
-            if value is None:
-                continue
-            old = await ctx.redis.hget(key, field)
-            new = value if old is None else worse(float(old), value)
-            await ctx.redis.hset(key, field, repr(new))
+        # One script: the record's min/max/mean stay consistent with no read-modify-write
+        # race between workers. "" means "not measured this poll".
+        args = ["" if v is None else repr(v) for v in (mos, loss, lat)]
+        ttl = str(self.config.quality_record_ttl_seconds)
+        await _RECORD(ctx.redis, [self._key(ctx, call_id, "record")], [*args, ttl])
 
     async def _breach(
         self, ctx: Context, call_id: str, level: str, metrics: dict[str, Any]
@@ -158,5 +171,8 @@ class QualityAgent:
             )
         elif level == "critical":
             await live.switch_codec(call_id, "OPUS")
-        await ctx.redis.set(claim, "done", ex=ttl)
-        await ctx.redis.hset(self._key(ctx, call_id, "record"), f"breach:{level}", "1")
+        action = {"warning": "report_issue", "critical": "switch_codec"}.get(level, "logged")
+        async with ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.set(claim, "done", ex=ttl)
+            pipe.hset(self._key(ctx, call_id, "record"), f"breach:{level}", action)
+            await pipe.execute()
