@@ -9,21 +9,35 @@ import pytest
 from arq.constants import in_progress_key_prefix
 
 from ringez_worker.sandbox import start_scenario
+from ringez_worker.worker.cli import post_webhook
 from tests.agent_stack import agent_stack
-from tests.conftest import wait_for
+from tests.conftest import SECRET, event_body, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 QUALITY = {"agents_enabled": "quality", "quality_poll_seconds": 0.1}
 
 
+# Atomic, so a check finishing between reading the queue and its in-progress key is not
+# counted as pending.
+_PENDING = """
+local n = 0
+for _, j in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(j, 1, #ARGV[1]) == ARGV[1] and redis.call('EXISTS', ARGV[2] .. j) == 0 then
+    n = n + 1
+  end
+end
+return n
+"""
+
+
 async def pending_checks(redis_client, settings, call_id: str) -> int:
     """Checks of this call queued and not yet claimed by a worker (a running check stays
     in arq's queue until it finishes, next to the one it scheduled)."""
-    jobs = await redis_client.zrange(settings.queue_name, 0, -1)
-    mine = [j for j in jobs if j.startswith(f"task:quality.check:{call_id}:".encode())]
-    running = [await redis_client.exists(in_progress_key_prefix.encode() + j) for j in mine]
-    return sum(1 for r in running if not r)
+    prefix = f"task:quality.check:{call_id}:"
+    return int(
+        await redis_client.eval(_PENDING, 1, settings.queue_name, prefix, in_progress_key_prefix)
+    )
 
 
 async def test_poor_quality_reports_once_and_switches_codec_once_with_one_pending_check(
@@ -59,3 +73,25 @@ async def test_poor_quality_reports_once_and_switches_codec_once_with_one_pendin
 
 async def _zero(redis_client, settings, call_id: str) -> bool:
     return await pending_checks(redis_client, settings, call_id) == 0
+
+
+async def test_redelivered_call_answered_starts_no_second_chain_of_checks(redis_url, redis_client):
+    async with agent_stack(redis_url, workers=2, agent_config=QUALITY) as stack:
+        run = start_scenario(stack.sandbox.sandbox, "poor_quality", stack.receiver_url)
+        call = stack.sandbox.sandbox.state.get_call(run.call_id)
+        await wait_for(lambda: call.status == "in-progress", deadline_s=20, what="answered")
+        most, sent = 0, 0
+        while not run.done:
+            if sent < 8:  # call.answered again, as new deliveries (distinct bodies)
+                body = event_body(
+                    "call.answered", call_id=run.call_id, session_id=run.session_id, again=sent
+                )
+                status, _ = await post_webhook(stack.receiver_url, body, SECRET)
+                assert status == 202
+                sent += 1
+            most = max(most, await pending_checks(redis_client, stack.settings, run.call_id))
+            await asyncio.sleep(0.01)  # sampling the queue, not synchronising
+        assert most == 1
+        assert len(call.issues) == 1
+        switches = stack.requests(f"/calls/{run.call_id}/actions", action="switch_codec")
+        assert len(switches) == 1, switches
