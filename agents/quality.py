@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.quality_metrics import QualityMetrics
 from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
@@ -72,8 +73,9 @@ def breaches(
 class QualityAgent:
     name = "quality"
 
-    def __init__(self, config: AgentSettings) -> None:
+    def __init__(self, config: AgentSettings, metrics: QualityMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics  # the runtime's registry; None: not exported
         self._floor_said = False
 
     def register(self, router: Router) -> None:
@@ -91,6 +93,10 @@ class QualityAgent:
         if left_fraction is None:
             return False
         below = bool(await left_fraction() < self.config.quality_budget_floor)
+        if self.metrics is not None:
+            self.metrics.budget_floor.set(1 if below else 0)
+        if not below:
+            self._floor_said = False  # said again next time it falls under
         if below and not self._floor_said:
             self._floor_said = True
             ctx.log.warning("quality.budget_floor", floor=self.config.quality_budget_floor)
@@ -130,6 +136,14 @@ class QualityAgent:
         if status.status in {"completed", "failed", "ended", "canceled", "no-answer", "busy"}:
             return
         q = status.quality_metrics
+        if q is not None and self.metrics is not None:
+            for hist, value in (
+                (self.metrics.mos, q.mos_score),
+                (self.metrics.packet_loss, q.packet_loss),
+                (self.metrics.latency, q.latency_ms),
+            ):
+                if value is not None:
+                    hist.observe(value)
         if q is not None:
             await self._record(ctx, call_id, q.mos_score, q.packet_loss, q.latency_ms)
             for level in breaches(self.config, q.mos_score, q.packet_loss, q.latency_ms):
@@ -162,6 +176,8 @@ class QualityAgent:
                 return
         else:
             ctx.log.warning("quality.breach", call_id=call_id, level=level, **metrics)
+            if self.metrics is not None:
+                self.metrics.breaches.labels(level=level).inc()
         live = ctx.ringez.with_priority(Priority.LIVE).calls
         if level == "warning":
             await live.report_issue(
