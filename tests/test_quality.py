@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from arq.constants import in_progress_key_prefix
 
+from ringez_worker.api.ratelimit import RedisRateLimiter
 from ringez_worker.sandbox import start_scenario
 from ringez_worker.worker.cli import post_webhook
 from tests.agent_stack import agent_stack
@@ -95,3 +96,27 @@ async def test_redelivered_call_answered_starts_no_second_chain_of_checks(redis_
         assert len(call.issues) == 1
         switches = stack.requests(f"/calls/{run.call_id}/actions", action="switch_codec")
         assert len(switches) == 1, switches
+
+
+async def test_under_the_budget_floor_a_new_call_is_not_polled(redis_url, redis_client):
+    limit = 20
+    async with agent_stack(redis_url, agent_config=QUALITY, ringez_rate_limit=limit) as stack:
+        limiter = RedisRateLimiter.for_api_key(
+            redis_client, "sk_test_agents", prefix="rz", limit=limit, period=3600.0
+        )
+        for _ in range(17):  # 85 % of the window spent: 15 % left, under the 20 % floor
+            await limiter.acquire()
+        run = start_scenario(stack.sandbox.sandbox, "poor_quality", stack.receiver_url)
+        call = stack.sandbox.sandbox.state.get_call(run.call_id)
+        await wait_for(lambda: bool(call.quality), deadline_s=20, what="answered, degrading")
+        # call.answered handled (the queue empty): it scheduled no check.
+        await wait_for(
+            lambda: _empty(redis_client, stack.settings), deadline_s=20, what="queue drained"
+        )
+        assert stack.requests(f"/calls/{run.call_id}") == []
+        assert stack.sandbox.sandbox.state.get_call(run.call_id).issues == []
+        assert not await redis_client.exists(f"rz:call:{run.call_id}:quality:started")
+
+
+async def _empty(redis_client, settings) -> bool:
+    return await redis_client.zcard(settings.queue_name) == 0
