@@ -24,6 +24,7 @@ from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.redis_url import url_password
 from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
+from ringez_worker.sandbox.dev_quality import quality_lines
 from ringez_worker.sandbox.redis_server import start_embedded
 from ringez_worker.settings import Settings
 
@@ -220,6 +221,8 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
             for t in transfers:
                 to = (t.get("json") or {}).get("parameters", {}).get("transfer_to")
                 _say(f"    escalation transferred to {to} (status {t.get('status')})")
+            for line in await quality_lines(redis, settings.key_prefix, run.call_id, requests):
+                _say(line)
             for c in charges:
                 body = c.get("json") or {}
                 _say(
