@@ -907,7 +907,14 @@ async def test_scenario_endpoint_errors(sandbox):
     resp = await sandbox.post("/_sandbox/scenarios/calm", json={})
     assert resp.status == 400
     listing = await (await sandbox.get("/_sandbox/scenarios")).json()
-    assert set(listing["scenarios"]) == {"calm", "angry", "busy", "no_answer", "low_balance"}
+    assert set(listing["scenarios"]) == {
+        "calm",
+        "angry",
+        "busy",
+        "no_answer",
+        "low_balance",
+        "poor_quality",
+    }
 
 
 async def test_an_agent_hang_up_cuts_a_scenario_short(make_sandbox, make_hook):
