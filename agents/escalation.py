@@ -21,12 +21,10 @@ import orjson
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.phone import InvalidNumber, is_e164
-from ringez_worker.agents.state import CallKeys, append_once
+from ringez_worker.agents.state import ENDED_STATUSES, CallKeys, append_once
 from ringez_worker.api import Priority, RingezClient
 from ringez_worker.handlers import Context, Event, Router, Superseded, TranscriptionUpdated
 from ringez_worker.lua import LuaScript
-
-ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 
 # KEYS: claim, ended marker. ARGV: our claim, ttl, our owner (delivery id and source).
 # Claim a call that has not ended and that nobody else holds; take over the claim of an

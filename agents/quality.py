@@ -19,6 +19,7 @@ from typing import Any
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.quality_metrics import QualityMetrics
+from ringez_worker.agents.state import ENDED_STATUSES, CallKeys
 from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
@@ -85,7 +86,7 @@ class QualityAgent:
         router.on_task(CHECK, name="agents.quality.check")(self.on_check)
 
     def _key(self, ctx: Context, call_id: str, name: str) -> str:
-        return f"{ctx.settings.key_prefix}:call:{call_id}:quality:{name}"
+        return CallKeys(ctx.settings.key_prefix, call_id).quality(name)
 
     async def _below_floor(self, ctx: Context) -> bool:
         limiter = ctx.ringez.rate_limiter if ctx.has_ringez else None
@@ -133,7 +134,7 @@ class QualityAgent:
         if await ctx.redis.exists(self._key(ctx, call_id, "ended")):
             return
         status = await ctx.ringez.with_priority(Priority.BACKGROUND).calls.get(call_id)
-        if status.status in {"completed", "failed", "ended", "canceled", "no-answer", "busy"}:
+        if status.status in ENDED_STATUSES:
             return
         q = status.quality_metrics
         if q is not None and self.metrics is not None:

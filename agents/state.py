@@ -7,6 +7,10 @@ from typing import Any
 
 from ringez_worker.lua import LuaScript
 
+# The call statuses (ringez-api.md, GET /calls/{id}) after which nothing can be done on a
+# call: no transfer, no quality check.
+ENDED_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
+
 # KEYS: the list, the call's record of appends made. ARGV: this append's name (what and
 # which delivery), the value, the TTL, how many entries to keep (0: all).
 # A retry of the same delivery finds its name recorded and appends nothing: one atomic
@@ -81,6 +85,10 @@ class CallKeys:
     @property
     def escalation(self) -> str:
         return self._k("escalation")
+
+    def quality(self, name: str) -> str:
+        """The quality monitor's keys (agents/quality.py): started, ended, record, breach:*."""
+        return self._k(f"quality:{name}")
 
     @property
     def summary(self) -> str:

@@ -28,6 +28,8 @@ SESSION_TYPES = frozenset({"guest", "authenticated"})
 PAYMENT_METHODS = frozenset({"paypal", "cashfree", "stripe"})
 DECLINED_TOKEN = "tok_declined"
 DTMF = re.compile(r"^[0-9*#wW]{1,64}$")
+# The call actions the sandbox runs (ringez-api.md; switch_codec as the guide shows it).
+CALL_ACTIONS = ("dtmf", "hold", "unhold", "transfer", "hangup", "switch_codec")
 
 
 class SandboxState:
@@ -344,9 +346,9 @@ class SandboxState:
     def act(self, call_id: str, action: object, parameters: dict[str, Any]) -> dict[str, Any]:
         """Run a call action; any action on a call that is not connected is a 409."""
         call = self.get_call(call_id)
-        if action not in ("dtmf", "hold", "unhold", "transfer", "hangup", "switch_codec"):
+        if action not in CALL_ACTIONS:
             raise SandboxError(
-                400, "invalid_action", "action must be dtmf, hold, unhold, transfer or hangup"
+                400, "invalid_action", f"action must be one of {', '.join(CALL_ACTIONS)}"
             )
         if action == "hangup" and call.active:
             self.complete_call(call)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from ringez_worker.api.ratelimit import api_key_fingerprint
+from ringez_worker.api.ratelimit import RedisRateLimiter
 from ringez_worker.keys import Keys
 from ringez_worker.settings import Settings
 from ringez_worker.worker.activity import minute
@@ -69,10 +69,15 @@ async def _budget(redis: Redis, keys: Keys, settings: Settings) -> dict[str, Any
     """The shared limiter's window (api/ratelimit.py): requests in the last period."""
     if settings.ringez_api_key is None:
         return None
-    key = f"{keys.prefix}:ratelimit:ringez:{api_key_fingerprint(settings.ringez_api_key)}"
-    now_ms = time.time() * 1000
-    used = await redis.zcount(key, now_ms - settings.ringez_rate_period_seconds * 1000, "+inf")
-    limit = settings.ringez_rate_limit
+    limiter = RedisRateLimiter.for_api_key(
+        redis,
+        settings.ringez_api_key,
+        prefix=keys.prefix,
+        limit=settings.ringez_rate_limit,
+        period=settings.ringez_rate_period_seconds,
+    )
+    used = await limiter.used()
+    limit = limiter.limit
     return {"used": used, "left": max(0, limit - used), "limit": limit}
 
 
