@@ -11,9 +11,12 @@ if __name__ != "ringez_worker.agents":  # the folder maps into the namespace (py
         "ringez_worker.agents, and a second name would load a second copy of its modules"
     )
 
+from prometheus_client import CollectorRegistry
+
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
 from ringez_worker.agents.quality import QualityAgent
+from ringez_worker.agents.quality_metrics import QualityMetrics
 from ringez_worker.agents.recharge import RechargeAgent
 from ringez_worker.agents.support import SupportAgent
 from ringez_worker.handlers.router import Router
@@ -29,11 +32,16 @@ __all__ = [
 
 
 def build_agents(
-    config: AgentSettings, intents: Router | None = None
+    config: AgentSettings,
+    intents: Router | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[Router, list[object]]:
     """A Router with the enabled agents' handlers, and the agent objects themselves.
 
-    `intents`: a Router whose `on_intent` handlers the support agent should call."""
+    `intents`: a Router whose `on_intent` handlers the support agent should call.
+    `registry`: where agents with metrics of their own register them (the worker's
+    /metrics registry); None: not exported."""
     router = Router()
     agents: list[object] = []
     escalation = EscalationAgent(config) if config.enabled("escalation") else None
@@ -49,7 +57,8 @@ def build_agents(
         recharge.register(router)
         agents.append(recharge)
     if config.enabled("quality"):
-        quality = QualityAgent(config)
+        metrics = QualityMetrics(registry) if registry is not None else None
+        quality = QualityAgent(config, metrics)
         quality.register(router)
         agents.append(quality)
     return router, agents

@@ -45,6 +45,58 @@ return redis.call('LRANGE', KEYS[1], math.max(0, at - 1 - n), at - 2)
 )
 
 
+# Lua functions (prepended to a script) that fold the quality monitor's per-call record
+# into the support agent's call summary. Both agents write through scripts that end in
+# `with_quality`, so whichever finishes last merges, with no race: the summary written
+# after the last poll reads the record, a poll or an action after the summary rewrites
+# it. The summary is JSON from orjson with "quality" always its last field, spliced here
+# as text: re-encoding the whole summary with cjson would turn its empty lists into {}.
+# (`,"quality":` cannot occur inside a JSON string, whose quotes are escaped.)
+QUALITY_IN_SUMMARY = """
+local function quality_json(k)
+  local raw = redis.call('HGETALL', k)
+  if #raw == 0 then return nil end
+  local q, breaches, sum, n = {}, {}, nil, nil
+  for i = 1, #raw, 2 do
+    local f, v = raw[i], raw[i + 1]
+    if string.sub(f, 1, 7) == 'breach:' then breaches[string.sub(f, 8)] = v
+    elseif f == 'mos_sum' then sum = tonumber(v)
+    elseif f == 'mos_samples' then n = tonumber(v)
+    else q[f] = tonumber(v) or v end
+  end
+  if sum and n and n > 0 then q['mos_mean'] = math.floor(sum / n * 1000 + 0.5) / 1000 end
+  q['breaches'] = breaches
+  return cjson.encode(q)
+end
+local function with_quality(summary, k)
+  local cut, from = nil, 1
+  while true do
+    local at = string.find(summary, ',"quality":', from, true)
+    if not at then break end
+    cut, from = at, at + 1
+  end
+  if cut then summary = string.sub(summary, 1, cut - 1) .. '}' end
+  local q = quality_json(k)
+  if not q then return summary end
+  if summary == '{}' then return '{"quality":' .. q .. '}' end
+  return string.sub(summary, 1, -2) .. ',"quality":' .. q .. '}'
+end
+local function merge_into_summary(summary_key, record_key)
+  local s = redis.call('GET', summary_key)
+  if s then redis.call('SET', summary_key, with_quality(s, record_key), 'KEEPTTL') end
+end
+"""
+
+# KEYS: the summary, the quality record. ARGV: the summary's JSON, its TTL.
+_WRITE_SUMMARY = LuaScript(
+    QUALITY_IN_SUMMARY
+    + """
+redis.call('SET', KEYS[1], with_quality(ARGV[1], KEYS[2]), 'EX', ARGV[2])
+return 1
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CallKeys:
     prefix: str
@@ -104,6 +156,12 @@ class CallKeys:
             self.appended,
             self.opened,
         ]
+
+
+def write_summary(redis: Any, keys: CallKeys, summary_json: bytes, ttl: int) -> Any:
+    """Write the call summary, with the quality record folded in as its "quality" field
+    when the monitor kept one (`redis` may be a pipeline)."""
+    return _WRITE_SUMMARY(redis, [keys.summary, keys.quality("record")], [summary_json, ttl])
 
 
 def append_once(

@@ -10,7 +10,7 @@ import orjson
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
-from ringez_worker.agents.state import CallKeys, append_once, before_own
+from ringez_worker.agents.state import CallKeys, append_once, before_own, write_summary
 from ringez_worker.handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
 from ringez_worker.handlers.router import IntentFunc
 
@@ -130,7 +130,8 @@ class SupportAgent:
             "transcript_lines": lines,
         }
         async with ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.summary, orjson.dumps(summary), ex=self.config.summary_ttl_seconds)
+            # With the quality record merged in, whichever of the two finishes last.
+            write_summary(pipe, keys, orjson.dumps(summary), self.config.summary_ttl_seconds)
             pipe.delete(*keys.live_state())
             await pipe.execute()
         ctx.log.info("support.call_summary", **{k: v for k, v in summary.items() if k != "call_id"})

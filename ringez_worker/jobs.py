@@ -92,12 +92,17 @@ def task_body(name: str, data: dict[str, Any]) -> str:
     return orjson.dumps({"event": TASK_PREFIX + name, "timestamp": now, "data": data}).decode()
 
 
-# KEYS: the job key, the queue. ARGV: ttl ms, record, score, job id, wake channel, unique.
+# KEYS: the job key, the queue[, a once key]. ARGV: ttl ms, record, score, job id, wake
+# channel, unique[, the once key's ttl ms].
 # With `unique`, nothing is written while a job of that id exists (queued or running):
-# "at most one pending check per call", whatever redeliveries and workers do.
+# "at most one pending check per call", whatever redeliveries and workers do. With a once
+# key, the job is queued only by whoever sets that key (SET NX), in the same step: a
+# crash can never leave the key set and the job unqueued, or the job queued and the key
+# unset (which let a redelivery start a second chain of quality checks).
 _ENQUEUE_ONE = LuaScript(
     """
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[7]) then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PUBLISH', ARGV[5], '')
@@ -115,17 +120,23 @@ async def enqueue_job(
     due_ms: int | None = None,
     ttl_ms: int,
     unique: bool = False,
+    once_key: str | None = None,
+    once_ttl_ms: int = 0,
 ) -> bool:
     """Queue `job` (under `job_id`, by default its id) to run at `due_ms` (default now).
 
     Scheduled work is a job with a later score, never a sleeping worker. Returns False
-    when `unique` and a job of that id is already queued or running."""
+    when `unique` and a job of that id is already queued or running, or when `once_key`
+    is given and already set (it is set, for `once_ttl_ms`, together with the queueing)."""
     now = int(time.time() * 1000)
     due = now if due_ms is None else due_ms
     jid = job_id or job.id
     keys_ = [keys.job(jid), keys.queue]
     ttl = max(ttl_ms, due - now + ttl_ms)
     args: list[Arg] = [ttl, job.record(now), due, jid, keys.wake, "1" if unique else "0"]
+    if once_key is not None:
+        keys_.append(once_key)
+        args.append(max(1, once_ttl_ms))
     return bool(await _ENQUEUE_ONE(redis, keys_, args))
 
 
@@ -138,11 +149,14 @@ async def schedule_task(
     key: str | None = None,
     delay_seconds: float = 0.0,
     ttl_ms: int = 7 * 24 * 3600 * 1000,
+    once_key: str | None = None,
+    once_ttl_ms: int = 0,
 ) -> bool:
     """Run the `router.on_task(name)` handlers with `data` after `delay_seconds`.
 
     With `key`, the task is unique: while a task of that key is queued or running, a
-    second one is not queued (returns False)."""
+    second one is not queued (returns False). With `once_key`, it is queued only if that
+    key was not set, and the key is set in the same atomic step (see `enqueue_job`)."""
     # The arq job id is the key (what makes it unique); the envelope's id, which keys the
     # completion record, is this run's own, so a later task of the same key starts clean.
     instance = f"{TASK_PREFIX}{name}:{time.time_ns():x}"
@@ -150,5 +164,13 @@ async def schedule_task(
     due = int((time.time() + delay_seconds) * 1000)
     job = Job(TASK, instance, task_body(name, data), int(time.time() * 1000))
     return await enqueue_job(
-        redis, keys, job, job_id=job_id, due_ms=due, ttl_ms=ttl_ms, unique=key is not None
+        redis,
+        keys,
+        job,
+        job_id=job_id,
+        due_ms=due,
+        ttl_ms=ttl_ms,
+        unique=key is not None,
+        once_key=once_key,
+        once_ttl_ms=once_ttl_ms,
     )

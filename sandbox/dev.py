@@ -217,6 +217,7 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
                 _say(
                     f"    support   intents={summary.get('intents')} "
                     f"sentiment={summary.get('sentiment')} outcome={summary.get('outcome')}"
+                    + (" (quality record merged)" if "quality" in summary else "")
                 )
             for t in transfers:
                 to = (t.get("json") or {}).get("parameters", {}).get("transfer_to")

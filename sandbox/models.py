@@ -190,7 +190,8 @@ class Call:
             "quality_metrics": {
                 "mos_score": 4.3 if answered else None,
                 "latency_ms": 85 if answered else None,
-                "packet_loss": 0.1 if answered else None,
+                # 1 %: a good line (the guide's limit is 5 %; 0.1 made every call breach it)
+                "packet_loss": 0.01 if answered else None,
                 **(self.quality if answered else {}),
             },
             "answered_at": iso(self.answered_at) if self.answered_at is not None else None,

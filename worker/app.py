@@ -76,15 +76,19 @@ def worker_settings(
     outlives this worker; `metrics` then is the registry that server shows.
     """
     reports = report_settings()  # a bad REPORT_CRON stops the worker here, in one line
-    routes = router if router is not None else build_router(settings)
-    shared_metrics = metrics
+    # One registry for this worker's whole life (arq may start it more than once), made
+    # before the router so the agents' own series (quality) land on the same /metrics.
+    shared_metrics = metrics if metrics is not None else WorkerMetrics()
+    routes = (
+        router if router is not None else build_router(settings, registry=shared_metrics.registry)
+    )
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
             configure_logging(settings.log_level, settings.log_format, settings.secret_values())
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
-        metrics = shared_metrics if shared_metrics is not None else WorkerMetrics()
+        metrics = shared_metrics
         ringez = (
             RingezClient.from_settings(settings, redis=ctx["redis"])
             if settings.ringez_api_key is not None

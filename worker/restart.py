@@ -39,9 +39,9 @@ async def run_restarting(settings: Settings, *, router: Router | None = None) ->
     a worker, so the probes keep answering (readyz: 503) through an outage and after it.
     """
     report_settings()  # a bad REPORT_CRON is one line, before anything else logs
-    routes = router if router is not None else build_router(settings)
-    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     metrics = WorkerMetrics()
+    routes = router if router is not None else build_router(settings, registry=metrics.registry)
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     probe_redis = redis_from_settings(settings)
     http = await start_worker_http(settings, probe_redis, keys, metrics)
     failures = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from ringez_worker.agents import AgentSettings, build_agents
 from ringez_worker.agents.config import load_agent_settings
 from ringez_worker.handlers.loading import load_router
@@ -17,9 +19,11 @@ def build_router(
     extra: Router | None = None,
     *,
     agent_settings: AgentSettings | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Router:
     """Built-in agents (when an API key is set), then user handlers from settings and
-    entry points: all through one Router, the agents with no private path."""
+    entry points: all through one Router, the agents with no private path. `registry`:
+    the worker's /metrics registry, for the agents' own series."""
     router = Router()
     if extra is not None:
         router.include(extra)
@@ -29,6 +33,6 @@ def build_router(
         if config.agents_enabled.strip():
             log.warning("agents.disabled", why="RINGEZ_API_KEY is not set")
     else:
-        router.include(build_agents(config, intents=users)[0])
+        router.include(build_agents(config, intents=users, registry=registry)[0])
     router.include(users)
     return router
