@@ -192,3 +192,37 @@ def test_bad_records_are_reported_one_by_one_and_skipped(redis_url, monkeypatch,
     assert run("failed", "purge", "aaaa")[:2] == (0, "purged 1\n")
     assert not sync.hexists("rz:failed", "a" * 64)
     sync.close()
+
+
+async def test_replaying_a_handler_that_no_longer_exists_keeps_the_record(
+    receiver, redis_url, redis_client
+):
+    # Before the fix the replay ran nothing, counted as a success and cleared the record.
+    settings = make_settings(redis_url)
+    runs: collections.Counter[str] = collections.Counter()
+    router = Router()
+
+    @router.on("call.completed")
+    async def still_here(event: Event, ctx: Context) -> None:
+        runs["still_here"] += 1
+
+    body = event_body(call_id="renamed")
+    did = delivery_id(body)
+    here = f"{__name__}.{still_here.__qualname__}@call.completed"
+    gone = "myapp.handlers.old_name@call.completed"
+    record = {"delivery_id": did, "event": "call.completed", "body": body.decode()}
+    record["handlers"] = {here: "TimeoutError", gone: "ValueError"}
+    await redis_client.hset("rz:failed", did, orjson.dumps({**record, "attempts": 3}))
+
+    async with running_worker(settings, router):
+        replayed = run_cli("failed", "replay", did, env={"REDIS_URL": redis_url})
+        assert replayed.returncode == 0, replayed.stderr
+
+        async def rerecorded() -> bool:
+            raw = await redis_client.hget("rz:failed", did)
+            return raw is not None and list(orjson.loads(raw)["handlers"]) == [gone]
+
+        await wait_for(rerecorded, what="the record to hold only the missing handler")
+    assert runs == {"still_here": 1}
+    handlers = orjson.loads(await redis_client.hget("rz:failed", did))["handlers"]
+    assert "no such handler" in handlers[gone]

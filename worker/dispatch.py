@@ -69,6 +69,9 @@ def outside_wait(exc: BaseException, backoff: float) -> float | None:
     return None
 
 
+NOT_REGISTERED = "no such handler in this worker (renamed or removed?): not run"
+
+
 class Dispatcher:
     """Dispatches deliveries to a Router's handlers, remembering which ones succeeded."""
 
@@ -183,6 +186,13 @@ class Dispatcher:
         handlers = self.router.handlers_for(event_name, task=kind == TASK)
         if only is not None and REPLAY_PENDING not in only:
             handlers = [h for h in handlers if h.name in only]
+            # A replay naming a handler this worker does not have (renamed or removed
+            # since): it fails and stays in the record. Before, nothing ran, the replay
+            # counted as a success and the record was cleared.
+            known = {h.name for h in handlers}
+            for name in only:
+                if name not in known:
+                    outcome.failed[name] = NOT_REGISTERED
         # A first try cannot have completions yet; later tries (a retry, a crash) and
         # replays may.
         done = set() if job_try == 1 and only is None else await self._done(delivery_id)
