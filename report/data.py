@@ -23,7 +23,7 @@ from ringez_worker.keys import Keys
 API = "API analytics/call-metrics (group_by=hour)"
 SUMMARIES = "call summaries (Redis rz:summary:*)"
 RECHARGES = "recharge records (Redis, one per charge)"
-QUALITY = "quality records (Redis rz:quality:*)"
+QUALITY = "quality records (Redis rz:call:*:quality:record)"
 OUTCOMES = ("completed", "failed", "busy", "no-answer")
 
 
@@ -134,12 +134,15 @@ async def _recharges(
 async def _mos(redis: Redis, keys: Keys, call_ids: list[str]) -> list[float]:
     if not call_ids:
         return []
+    # One MOS per call: the mean of the monitor's polls.
+    async with redis.pipeline(transaction=False) as pipe:
+        for call_id in call_ids:
+            pipe.hmget(keys.quality(call_id), ["mos_sum", "mos_samples"])
+        replies = await pipe.execute()
     scores = []
-    for raw in await redis.mget([keys.quality(c) for c in call_ids]):
-        if raw:
-            score = orjson.loads(raw).get("mos_score")
-            if isinstance(score, int | float):
-                scores.append(float(score))
+    for total, samples in replies:
+        if total is not None and samples is not None and int(samples) > 0:
+            scores.append(float(total) / int(samples))
     return scores
 
 

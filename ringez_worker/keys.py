@@ -72,8 +72,9 @@ class Keys:
         return f"{self.prefix}:wake:{self.queue}"
 
     def quality(self, call_id: str) -> str:
-        """A per-call quality record ({"mos_score": ...}), written by a quality monitor."""
-        return f"{self.prefix}:quality:{call_id}"
+        """The quality monitor's per-call record (a hash: samples, mos_sum, mos_samples,
+        mos_min, ...; agents/quality.py writes it, under the call's own keys)."""
+        return self.call_state(call_id, "quality:record")
 
     def recharge(self, idempotency_key: str) -> str:
         """One charge's record, keyed by its idempotency key (one per episode)."""

@@ -72,8 +72,16 @@ async def test_report_of_a_played_day_matches_the_sandbox(redis_url, redis_clien
             )
 
         await wait_for(handled, deadline_s=30, what="every call summed up and the charge kept")
-        # No quality monitor exists yet: one call gets a quality record as it would write.
-        await redis_client.set(f"rz:quality:{runs[0].call_id}", orjson.dumps({"mos_score": 4.2}))
+        # The monitor's polls outlast these short calls: one call gets a record through
+        # the monitor's own script, two polls (MOS 4.0 and 4.4).
+        from ringez_worker.agents.quality import _RECORD
+        from ringez_worker.agents.state import CallKeys
+
+        polled = CallKeys("rz", runs[0].call_id)
+        for mos in ("4.0", "4.4"):
+            await _RECORD(
+                redis_client, [polled.quality("record"), polled.summary], [mos, "", "", 60]
+            )
 
         calls = [sb.state.get_call(r.call_id) for r in runs]
         day = datetime.fromtimestamp(calls[0].created_at, tz).date()
@@ -323,3 +331,23 @@ async def test_campaign_calls_and_one_session(redis_url, redis_client, tmp_path)
     got_one = metrics_in(next((tmp_path / "one").glob("*.html")).read_text())
     assert (got_all["total_calls"], got_all["campaign_calls"]) == ("3", "2")
     assert (got_one["total_calls"], got_one["campaign_calls"]) == ("2", "2")
+
+
+async def test_a_failed_scheduled_render_is_retried_as_a_job(redis_url, redis_client, monkeypatch):
+    # Before the fix one failed render meant no report until the next scheduled time.
+    from ringez_worker.report import schedule
+    from ringez_worker.sandbox.config import FaultConfig
+
+    clock = Clock()
+    monkeypatch.setattr(schedule, "_wall", clock)
+    monkeypatch.setenv("REPORT_CRON", "* * * * *")
+    monkeypatch.setenv("REPORT_DAY", "current")
+    # Every attempt the API client makes on the first try of the render answers 503.
+    faults = FaultConfig(fail_next=[503] * 4, path_prefix="/api/v1/analytics")
+    async with agent_stack(redis_url, sandbox_config={"faults": faults}) as stack:
+        await wait_for(lambda: _kept(redis_client, Keys(), 1), deadline_s=30, what="a report")
+        metrics = stack.workers[0].ctx["metrics"]
+        assert metrics.reports.labels("failed")._value.get() == 1  # the first try
+        assert metrics.reports.labels("generated")._value.get() == 1  # its retry
+        assert stack.sandbox.sandbox.faults.injected[503] == 4
+        assert await redis_client.hlen("rz:failed") == 0

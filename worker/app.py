@@ -26,7 +26,12 @@ from ringez_worker.worker.health import start_worker_http
 from ringez_worker.worker.metrics import (
     WorkerMetrics,
 )
-from ringez_worker.worker.reports import report_settings, start_reports, stop_reports
+from ringez_worker.worker.reports import (
+    report_router,
+    report_settings,
+    start_reports,
+    stop_reports,
+)
 from ringez_worker.worker.routes import build_router
 
 log = get_logger("ringez.worker")
@@ -82,6 +87,11 @@ def worker_settings(
     routes = (
         router if router is not None else build_router(settings, registry=shared_metrics.registry)
     )
+    if reports.report_cron is not None:
+        with_reports = Router()
+        with_reports.include(routes)
+        with_reports.include(report_router(settings, reports, shared_metrics))
+        routes = with_reports
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
