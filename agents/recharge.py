@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.recharge_record import record_charge
+from ringez_worker.api.models import WalletBalance
 from ringez_worker.handlers import BalanceLow, Context, Router
 from ringez_worker.keys import Keys
 from ringez_worker.lua import LuaScript
@@ -47,6 +48,7 @@ class _LastCharge:
     at: float  # the worker's clock when add-credits answered
     minutes: float | None  # the charge's own new_balance
     key: str  # its idempotency key
+    transaction_id: str | None = None  # its transaction ("" in records from before 0.2)
 
     @classmethod
     def of(cls, raw: dict[bytes, bytes]) -> _LastCharge | None:
@@ -57,11 +59,19 @@ class _LastCharge:
             at=float(raw[b"at"]),
             minutes=float(minutes) if minutes else None,
             key=raw.get(b"key", b"").decode(),
+            transaction_id=raw.get(b"tx", b"").decode() or None,
         )
 
     def as_mapping(self) -> dict[str, str]:
         minutes = "" if self.minutes is None else repr(self.minutes)
-        return {"at": repr(self.at), "minutes": minutes, "key": self.key}
+        tx = self.transaction_id or ""
+        return {"at": repr(self.at), "minutes": minutes, "key": self.key, "tx": tx}
+
+    def shown_by(self, read: WalletBalance) -> bool:
+        """True when a balance read already shows this charge as its last transaction:
+        the read is not a stale copy from before it, so its minutes are to be believed."""
+        shown = (read.last_transaction or {}).get("transaction_id")
+        return self.transaction_id is not None and shown == self.transaction_id
 
 
 # KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl. The pending key of
@@ -136,12 +146,23 @@ class RechargeAgent:
             pipe.hgetall(keys["charged"])
             pending, charged = await pipe.execute()
         last = _LastCharge.of(charged)
-        if pending is None and last is not None and self._same_episode(event, ctx, last):
-            ctx.log.info("recharge.already_charged", charged_key=last.key)
-            return
+        if pending is None and last is not None and last.transaction_id is None:
+            if self._same_episode(event, ctx, last):  # a record without its transaction
+                ctx.log.info("recharge.already_charged", charged_key=last.key)
+                return
         balance = await ctx.ringez.wallet.balance(session_id)
         minutes = balance.balance.minutes if balance.balance else None
-        if last is not None:
+        # A read that shows the last charge is current: a wallet low again is a new
+        # episode, however soon after the charge. Only a read that does not show it may
+        # be a stale copy, for which the time rules below decide. Before, every
+        # balance.low within CLOCK_SKEW_SECONDS (300) of a charge was dropped unread and
+        # every read below new_balance within RECHARGE_SETTLE_SECONDS (600) disbelieved:
+        # a wallet drained again within minutes was never topped up (the 10k chaos run:
+        # 20 of 40 low-balance episodes not charged in time).
+        if last is not None and not last.shown_by(balance):
+            if pending is None and self._same_episode(event, ctx, last):
+                ctx.log.info("recharge.already_charged", charged_key=last.key)
+                return
             minutes = self._settled_minutes(ctx, minutes, last)
         if pending is None and minutes is not None and minutes >= cfg.recharge_threshold_minutes:
             ctx.log.info("recharge.not_needed", minutes=minutes)
@@ -214,7 +235,7 @@ class RechargeAgent:
             ctx,
             keys,
             charged=cfg.recharge_amount,
-            last=_LastCharge(time.time(), new_balance, idempotency_key),
+            last=_LastCharge(time.time(), new_balance, idempotency_key, tx.transaction_id),
         )
         ctx.log.info(
             "recharge.charged",

@@ -125,3 +125,39 @@ async def test_a_worker_that_lost_the_lock_writes_no_episode_key(redis_url, redi
         key = await agent._write_pending(ctx, keys, session.session_id)
         assert key == f"recharge:{session.session_id}:4"
         assert await redis_client.get(keys["pending"]) == key.encode()
+
+
+async def test_a_wallet_drained_again_right_after_a_charge_is_charged_again(
+    redis_url, redis_client
+):
+    # Before the fix a balance.low within CLOCK_SKEW_SECONDS (300) of a charge was dropped
+    # unread, and a read under new_balance within RECHARGE_SETTLE_SECONDS (600) was taken
+    # as stale: a wallet drained again within minutes was never topped up.
+    async with agent_stack(redis_url, workers=2) as stack:
+        state = stack.sandbox.sandbox.state
+        session = state.create_session(initial_minutes=2)
+        secret = stack.settings.webhook_secrets[0]
+        first = balance_low(session.session_id, 0, datetime.now(UTC))
+        assert (await post_webhook(stack.receiver_url, first, secret))[0] == 202
+        await stack_drained(redis_client, stack)
+        assert len(stack.charges(session.session_id)) == 1
+
+        # Redelivered copies of the first episode's events, now: the read shows the
+        # charge and the topped-up wallet, so nothing more is charged.
+        again = [balance_low(session.session_id, n, datetime.now(UTC)) for n in (10, 11)]
+        for body in again:
+            assert (await post_webhook(stack.receiver_url, body, secret))[0] == 202
+        await stack_drained(redis_client, stack)
+        assert len(stack.charges(session.session_id)) == 1
+
+        # Calls drain it again at once: a new episode, its own key, one more charge.
+        state.get_session(session.session_id).wallet.minutes = 1
+        bodies = [balance_low(session.session_id, n, datetime.now(UTC)) for n in (20, 21, 22)]
+        answers = await asyncio.gather(
+            *(post_webhook(stack.receiver_url, b, secret) for b in bodies + bodies)
+        )
+        assert sorted(status for status, _ in answers) == [200] * 3 + [202] * 3
+        await stack_drained(redis_client, stack)
+        charges = stack.charges(session.session_id)
+        assert len(charges) == 2
+        assert len({c["json"]["idempotency_key"] for c in charges}) == 2
