@@ -6,12 +6,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ringez_worker.keys import Keys
+
 
 async def quality_lines(
     redis: Redis, prefix: str, call_id: str, requests: list[dict[str, Any]]
 ) -> list[str]:
     """Breaches, the issue report and the codec switch of one call; [] if unmonitored."""
-    raw = await redis.hgetall(f"{prefix}:call:{call_id}:quality:record")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    raw = await redis.hgetall(Keys(prefix=prefix).quality(call_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     record = {k.decode(): v.decode() for k, v in raw.items()}
     if not record:
         return []
