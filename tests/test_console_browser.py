@@ -261,3 +261,22 @@ async def _failed_count(redis: Redis, n: int) -> bool:
 
 async def _reached(redis: Redis, delivery_id: str) -> bool:
     return delivery_id.encode() in await redis.lrange("test:reached", 0, -1)
+
+
+async def test_a_monitored_calls_page_shows_its_quality_record(redis_url: str, browser: Browser):
+    agents = {"agents_enabled": "support,quality", "quality_poll_seconds": 0.1}
+    async with agent_stack(redis_url, agent_config=agents, console_token=TOKEN) as stack:
+        redis = Redis.from_url(redis_url)
+        run = start_scenario(stack.sandbox.sandbox, "poor_quality", stack.receiver_url)
+        await run.task
+        await wait_for(
+            lambda: redis.exists(f"rz:summary:{run.call_id}"), 30, what="the call summary"
+        )
+        async with console(stack.settings) as base:
+            await login(browser, base, f"/calls/{run.call_id}")
+            panel = await browser.text("#quality")
+            await browser.screenshot("call-quality")
+        await redis.aclose()
+    assert "breach: warning\nreport_issue" in panel, panel
+    assert "breach: critical\nswitch_codec" in panel, panel
+    assert "min 2.1" in panel, panel

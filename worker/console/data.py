@@ -247,6 +247,7 @@ class CallView:
     recharges: list[dict[str, Any]]
     escalation: dict[str, Any] | None
     summary: dict[str, Any] | None
+    quality: dict[str, str] | None = None  # the quality monitor's record, when it ran
 
 
 def calls_index(deliveries: dict[str, Delivery]) -> list[dict[str, Any]]:
@@ -280,6 +281,7 @@ async def call_view(
     )
     if not events and summary_raw is None:
         return None
+    raw_quality = await redis.hgetall(keys.quality(call_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     session = events[0].session_id if events else ""
     # balance.low carries no call id: the session's episodes during the call belong to it.
     if session:
@@ -319,4 +321,16 @@ async def call_view(
         recharges=recharges,
         escalation=orjson.loads(escalation_raw) if escalation_raw else None,
         summary=orjson.loads(summary_raw) if summary_raw else None,
+        quality=_quality(raw_quality),
     )
+
+
+def _quality(raw: dict[bytes, bytes]) -> dict[str, str] | None:
+    """The record's fields as text, the mean MOS worked out; None when not monitored."""
+    if not raw:
+        return None
+    record = {k.decode(): v.decode() for k, v in raw.items()}
+    total, samples = record.pop("mos_sum", None), record.pop("mos_samples", None)
+    if total is not None and samples and int(samples) > 0:
+        record["mos_mean"] = f"{float(total) / int(samples):.2f}"
+    return record
