@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -56,6 +56,32 @@ def redis_from_settings(settings: Settings) -> Redis:
         **timeouts,
     )
     return Redis.from_pool(pool)
+
+
+def arq_sentinel_pool(settings: Settings) -> ArqRedis | None:
+    """With a Sentinel URL, the worker's arq pool, built here; None: arq builds its own.
+
+    arq's Sentinel mode hands the master's connections only db, username, password and
+    ssl, so they had no retry on reconnect: a connection the old master reset during a
+    failover (it closes its clients as it turns replica) ended the worker instead of
+    asking the Sentinels again (tests/test_sentinel.py failed so under a loaded suite)."""
+    if not is_sentinel_url(settings.redis_url):
+        return None
+    target = parse_sentinel_url(settings.redis_url)
+    sentinel = Sentinel(
+        target.hosts,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.ssl,
+        encoding="utf8",
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+    # No socket_timeout, as with arq's own pool: the wake listener's pub/sub reads idle.
+    pool: ArqRedis = sentinel.master_for(target.master, redis_class=ArqRedis)
+    return pool
 
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:

@@ -18,7 +18,7 @@ from ringez_worker.handlers.router import Router
 from ringez_worker.jobs import JOB_FUNCTION, WEBHOOK, dumps_job, loads_job
 from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
-from ringez_worker.redis_conn import arq_redis_settings
+from ringez_worker.redis_conn import arq_redis_settings, arq_sentinel_pool
 from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.batch_worker import RingezWorker
 from ringez_worker.worker.dispatch import Dispatcher
@@ -130,6 +130,7 @@ def worker_settings(
     return {
         "functions": [func(handle_event, name=JOB_FUNCTION)],
         "redis_settings": arq_redis_settings(settings),
+        "redis_pool": _sentinel_pool(settings),
         "queue_name": settings.queue_name,
         "health_check_key": f"{settings.queue_name}:health-check",
         "health_check_interval": 10,
@@ -147,6 +148,14 @@ def worker_settings(
         "on_shutdown": on_shutdown,
         "handle_signals": True,
     }
+
+
+def _sentinel_pool(settings: Settings) -> Any:
+    pool = arq_sentinel_pool(settings)
+    if pool is not None:  # what arq's create_pool sets on the pools it makes
+        pool.job_serializer, pool.job_deserializer = dumps_job, loads_job
+        pool.default_queue_name = settings.queue_name
+    return pool
 
 
 def create_worker(
