@@ -13,6 +13,8 @@ if __name__ != "ringez_worker.agents":  # the folder maps into the namespace (py
 
 from prometheus_client import CollectorRegistry
 
+from ringez_worker.agents.callbacks import CallbackAgent, leave_callback_calls_alone
+from ringez_worker.agents.callbacks.metrics import CallbackMetrics
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
 from ringez_worker.agents.quality import QualityAgent
@@ -23,6 +25,7 @@ from ringez_worker.handlers.router import Router
 
 __all__ = [
     "AgentSettings",
+    "CallbackAgent",
     "EscalationAgent",
     "QualityAgent",
     "RechargeAgent",
@@ -44,14 +47,17 @@ def build_agents(
     /metrics registry); None: not exported."""
     router = Router()
     agents: list[object] = []
+    # The support and escalation agents leave the service's own callback calls alone.
+    live = Router()
     escalation = EscalationAgent(config) if config.enabled("escalation") else None
     if escalation is not None:
-        escalation.register(router)
+        escalation.register(live)
         agents.append(escalation)
     if config.enabled("support"):
         support = SupportAgent(config, escalation, intents)
-        support.register(router)
+        support.register(live)
         agents.append(support)
+    router.include(leave_callback_calls_alone(live) if config.enabled("callbacks") else live)
     if config.enabled("recharge"):
         recharge = RechargeAgent(config)
         recharge.register(router)
@@ -61,4 +67,9 @@ def build_agents(
         quality = QualityAgent(config, metrics)
         quality.register(router)
         agents.append(quality)
+    if config.enabled("callbacks"):
+        callback_metrics = CallbackMetrics(registry) if registry is not None else None
+        callbacks = CallbackAgent(config, callback_metrics)
+        callbacks.register(router)
+        agents.append(callbacks)
     return router, agents

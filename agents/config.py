@@ -10,8 +10,9 @@ from ringez_worker.logs import register_secrets
 from ringez_worker.settings import settings_error
 
 ALL_AGENTS = ("support", "escalation", "recharge")
-# Opt-in (it polls every answered call, spending API budget): AGENTS_ENABLED=...,quality.
-OPTIONAL_AGENTS = ("quality",)
+# Opt-in: the quality monitor polls every answered call (API budget); the callback queue
+# needs a roster and a session. AGENTS_ENABLED=support,escalation,recharge,quality,callbacks.
+OPTIONAL_AGENTS = ("quality", "callbacks")
 KNOWN_AGENTS = ALL_AGENTS + OPTIONAL_AGENTS
 
 
@@ -61,6 +62,17 @@ class AgentSettings(BaseSettings):
     quality_latency_max_ms: float = Field(300.0, ge=0)
     quality_budget_floor: float = Field(0.20, ge=0, le=1)
     quality_record_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # Callback queue (agents/callbacks/, issue 16).
+    callback_session_id: str | None = None
+    callback_roster: str | None = None
+    callback_retry_after_seconds: float = Field(60.0, ge=0)
+    callback_max_tries: int = Field(3, ge=1, le=20)
+    callback_unservable_seconds: float = Field(600.0, ge=0)
+    callback_sweep_seconds: float = Field(15.0, gt=0)
+    callback_record_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # module:function returning {"tier": ..., "pending_issues": n} for a request (may be
+    # async); unset: both read from the request's metadata.
+    callback_customer_info: str | None = None
 
     @field_validator("agents_enabled")
     @classmethod

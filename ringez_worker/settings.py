@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     console_port: int = Field(8300, ge=0, le=65535)
     console_base_path: str = ""
     console_secure_cookie: bool = False
+    # POST /callbacks on the web process (the callback queue): off while unset.
+    callbacks_token: SecretStr | None = None
 
     # Extension: extra handler modules, comma-separated.
     ringez_handlers: str = ""
@@ -156,7 +158,9 @@ class Settings(BaseSettings):
             raise ValueError("must start with /")
         return value
 
-    @field_validator("ringez_webhook_secret", "ringez_api_key", "console_token", mode="before")
+    @field_validator(
+        "ringez_webhook_secret", "ringez_api_key", "console_token", "callbacks_token", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -183,8 +187,9 @@ class Settings(BaseSettings):
             values.append(self.ringez_api_key.get_secret_value())
         if self.ringez_webhook_secret is not None:
             values.append(self.ringez_webhook_secret.get_secret_value())
-        if self.console_token is not None:
-            values.append(self.console_token.get_secret_value())
+        for token in (self.console_token, self.callbacks_token):
+            if token is not None:
+                values.append(token.get_secret_value())
         # The password inside a redis URL is a secret too.
         password = url_password(self.redis_url)
         if password:

@@ -87,6 +87,8 @@ class SandboxConfig:
     no_answer_seconds: float = 30.0
     # How long the `angry` caller waits for a transfer before hanging up.
     escalation_wait_seconds: float = 20.0
+    # How long a REST-placed call talks after a transfer before it completes (callbacks).
+    talk_seconds: float = 2.0
     request_log_limit: int = 10_000
     routing: RouteConfig = field(default_factory=RouteConfig)
     emitter: EmitterConfig = field(default_factory=EmitterConfig)

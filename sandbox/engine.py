@@ -211,9 +211,16 @@ class Sandbox:
             call, "call.answered", status="in-progress", answered_at=iso(call.answered_at or 0)
         )
         wallet = self.state.sessions[call.session_id].wallet
-        # A call stays connected until hung up, its max_duration, or the wallet runs dry.
+        # A call stays connected until hung up, its max_duration, or the wallet runs dry;
+        # a transferred one until the person it reached has talked `talk_seconds`.
         limit = min(float(call.settings["max_duration"]), wallet.minutes * 60)
-        if not await self.ended_within(call, limit):
+        transferred = await self.wait_for(
+            call, lambda c: not c.active or c.transferred_to is not None, limit
+        )
+        if call.active and transferred:
+            if not await self.ended_within(call, self.config.talk_seconds):
+                self.state.complete_call(call)
+        elif call.active:
             self.state.complete_call(call)
         await self.finish(call)
 

@@ -26,6 +26,7 @@ class Stack:
     sandbox: RunningSandbox
     receiver_url: str
     workers: list[Any] = field(default_factory=list)
+    config: Any = None  # the AgentSettings the workers run with
 
     def requests(self, path_suffix: str, **json_match: Any) -> list[dict[str, Any]]:
         """API requests the sandbox received on a path ending with `path_suffix`."""
@@ -76,8 +77,14 @@ async def agent_stack(
         receiver_server = TestServer(create_app(settings))
         await receiver_server.start_server()
         receiver_url = str(receiver_server.make_url(PATH))
-        config = AgentSettings(_env_file=None, **(agent_config or {}))
-        stack = Stack(settings=settings, sandbox=sandbox, receiver_url=receiver_url)
+        # Calls placed through the API (callbacks) report to this receiver, as Ringez
+        # reports to the account's webhook URL.
+        if sandbox.sandbox.config.receiver_url is None:
+            sandbox.sandbox.config.receiver_url = receiver_url
+        # A callable value is resolved against the running sandbox (a session id, say).
+        resolved = {k: v(sandbox) if callable(v) else v for k, v in (agent_config or {}).items()}
+        config = AgentSettings(_env_file=None, **resolved)
+        stack = Stack(settings=settings, sandbox=sandbox, receiver_url=receiver_url, config=config)
         async with contextlib.AsyncExitStack() as stacked:
             for _ in range(workers):
                 router, _ = build_agents(config, intents=intents)

@@ -157,6 +157,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     add_health_routes(app, lambda: app[REDIS], keys, app[METRICS].registry)
     app.router.add_route("*", settings.webhook_path, _method_not_allowed)
+    if settings.callbacks_token is not None:
+        from ringez_worker.worker.callbacks_http import add_callback_routes
+
+        token = settings.callbacks_token.get_secret_value()
+        add_callback_routes(app, lambda: app[REDIS], keys, token, "/callbacks")
     app.cleanup_ctx.append(_redis_ctx(redis))
     return app
 

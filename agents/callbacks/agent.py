@@ -1,0 +1,323 @@
+"""The callback queue manager (the guide's Pattern 3), driven by webhooks and one task.
+
+- `callbacks.assign`, a task of the one job envelope, is the only place requests move
+  forward: it takes new requests in (the customer-info hook runs here, in the worker,
+  never on the web process's request path), puts due retries back, re-dials assignments
+  a killed worker left, then assigns and dials until no agent can take another. It is
+  queued by a new request, by every call that ends and by a roster change, and again
+  `CALLBACK_SWEEP_SECONDS` later while anything waits. Concurrent passes are safe: every
+  step is one Lua script (agents/callbacks/store.py).
+- A dial is claimed in Redis per assignment before the request and carries the
+  idempotency key `callback:<id>:<n>`: a retry after a crash sends the same key.
+- `call.answered` on one of these calls transfers it to the agent's number (the guide
+  only sets the agent's number as caller id, which would never ring the agent);
+  `call.completed` / `call.failed` frees the agent's slot once and ends the request or
+  schedules its retry (same priority, original age) after CALLBACK_RETRY_AFTER_SECONDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ringez_worker.agents.callbacks.metrics import CallbackMetrics
+from ringez_worker.agents.callbacks.models import (
+    CallbackRequest,
+    customer_info_from_metadata,
+    priority,
+)
+from ringez_worker.agents.callbacks.roster import RosterFile, load_roster
+from ringez_worker.agents.callbacks.store import CallbackStore
+from ringez_worker.agents.config import AgentSettings
+from ringez_worker.api.priority import Priority
+from ringez_worker.handlers import Context, Router
+from ringez_worker.jobs import schedule_task
+from ringez_worker.keys import Keys
+
+ASSIGN = "callbacks.assign"
+# An assignment older than this with no call yet: its worker died between the claim and
+# the dial's answer; the pass dials it again (same key). Longer than one API request.
+STALE_ASSIGNMENT_MS = 30_000
+CALL_MAP_TTL_SECONDS = 24 * 3600
+
+CustomerInfo = Callable[[CallbackRequest], Any]
+
+
+class NotMappedYet(Exception):
+    """call.answered for a call whose dial has not been written down yet: try again."""
+
+    retryable = True
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+def load_hook(path: str | None) -> CustomerInfo:
+    """`module:function` (CALLBACK_CUSTOMER_INFO), or the metadata default."""
+    if not path:
+        return customer_info_from_metadata
+    module, _, name = path.partition(":")
+    func = getattr(importlib.import_module(module), name or "customer_info")
+    if not callable(func):
+        raise TypeError(f"CALLBACK_CUSTOMER_INFO {path} is not callable")
+    return func
+
+
+async def schedule_pass(redis: Any, keys: Keys) -> bool:
+    """Queue an assignment pass now. Two task keys take turns: a pass already queued
+    will see the new work, and while one runs (a running task cannot requeue its own
+    key) the other can still be queued behind it."""
+    for key in ("pass", "pass:b"):
+        if await schedule_task(redis, keys, ASSIGN, {}, key=key):
+            return True
+    return False
+
+
+async def schedule_sweep(redis: Any, keys: Keys, delay_seconds: float) -> bool:
+    """One pending sweep pass `delay_seconds` from now, however many passes ask: the
+    mark is set with the queueing, in one script, and cleared when the sweep starts."""
+    mark = CallbackStore(redis, keys.prefix).keys.sweep
+    return await schedule_task(
+        redis,
+        keys,
+        ASSIGN,
+        {"sweep": True},
+        key=f"sweep:{time.time_ns():x}",
+        delay_seconds=delay_seconds,
+        once_key=mark,
+        once_ttl_ms=int(delay_seconds * 1000) + 60_000,
+    )
+
+
+class CallbackAgent:
+    name = "callbacks"
+
+    def __init__(
+        self,
+        config: AgentSettings,
+        metrics: CallbackMetrics | None = None,
+        customer_info: CustomerInfo | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.customer_info = customer_info or load_hook(config.callback_customer_info)
+        self.roster = RosterFile(config.callback_roster)
+
+    def register(self, router: Router) -> None:
+        router.on_task(ASSIGN, name="agents.callbacks.assign")(self.on_pass)
+        router.add("call.answered", self.on_answered, name="agents.callbacks.answered")
+        router.add("call.completed", self.on_ended, name="agents.callbacks.ended")
+        router.add("call.failed", self.on_ended, name="agents.callbacks.ended")
+
+    def _store(self, ctx: Context) -> CallbackStore:
+        return CallbackStore(ctx.redis, ctx.settings.key_prefix)
+
+    def _keys(self, ctx: Context) -> Keys:
+        return Keys(prefix=ctx.settings.key_prefix, queue=ctx.settings.queue_name)
+
+    # The pass.
+
+    async def on_pass(self, event: Any, ctx: Context) -> None:
+        store = self._store(ctx)
+        k = store.keys
+        data = event.data if isinstance(event.data, dict) else event.data.model_dump()
+        if data.get("sweep"):
+            await ctx.redis.delete(k.sweep)  # the next pass to end with work waiting asks
+        if await self.roster.refresh(ctx.redis, k):
+            ctx.log.info("callbacks.roster_loaded", path=str(self.roster.path))
+        now = _ms()
+        for raw_id, created in await ctx.redis.zrange(k.new, 0, 99, withscores=True):
+            await self._take_in(ctx, store, raw_id.decode(), int(created))
+        await store.move_due(now)
+        stale = await ctx.redis.zrangebyscore(k.assigned, "-inf", now - STALE_ASSIGNMENT_MS)
+        for raw_id in stale:
+            record = await store.get(raw_id.decode())
+            if record and record.get("n"):
+                await self._dial(ctx, store, raw_id.decode(), int(record["n"]))
+        while (got := await store.assign(_ms())) is not None:
+            request_id, agent, n = got
+            if self.metrics is not None:
+                self.metrics.assignments.inc()
+            ctx.log.info("callbacks.assigned", request_id=request_id, agent=agent, attempt=n)
+            await self._dial(ctx, store, request_id, n)
+        waiting = await self._observe(ctx, store)
+        if waiting:
+            await schedule_sweep(ctx.redis, self._keys(ctx), self.config.callback_sweep_seconds)
+
+    async def _take_in(self, ctx: Context, store: CallbackStore, rid: str, created: int) -> None:
+        record = await store.get(rid)
+        if record is None or record.get("state") != "new":
+            await ctx.redis.zrem(store.keys.new, rid)
+            return
+        request = CallbackRequest.model_validate_json(record["body"])
+        info = self.customer_info(request)
+        if inspect.isawaitable(info):
+            info = await info
+        info = info if isinstance(info, dict) else {}
+        pending = info.get("pending_issues") or 0
+        score = priority(request, info.get("tier"), int(pending) if pending else 0)
+        await store.queue(rid, score, created, _ms())
+        ctx.log.info("callbacks.queued", request_id=rid, priority=score)
+
+    async def _dial(self, ctx: Context, store: CallbackStore, rid: str, n: int) -> None:
+        claim = await store.claim_dial(rid, n, _ms())
+        if claim == 0:
+            return  # this assignment moved on (dialed, ended) elsewhere
+        record = await store.get(rid) or {}
+        request = CallbackRequest.model_validate_json(record["body"])
+        session_id = self.config.callback_session_id
+        if not session_id:
+            await self._end_dial(ctx, store, rid, "CALLBACK_SESSION_ID is not set")
+            return
+        dial = ctx.ringez.with_priority(Priority.DIAL).calls
+        try:
+            call = await dial.initiate(
+                session_id=session_id,
+                to_number=request.phone,
+                from_number=record.get("agent_number"),
+                idempotency_key=f"callback:{rid}:{n}",
+            )
+        except Exception as exc:
+            if getattr(exc, "retryable", True):
+                raise  # the pass is retried; its dial resends the same key
+            await self._end_dial(ctx, store, rid, f"dial refused: {type(exc).__name__}")
+            return
+        await store.dialed(rid, n, call.call_id, _ms(), CALL_MAP_TTL_SECONDS)
+        if self.metrics is not None:
+            self.metrics.dials.inc()
+        ctx.log.info("callbacks.dialed", request_id=rid, call_id=call.call_id, attempt=n)
+
+    async def _end_dial(self, ctx: Context, store: CallbackStore, rid: str, why: str) -> None:
+        state = await self._finish(ctx, store, rid, "", "failed", why)
+        ctx.log.warning("callbacks.dial_failed", request_id=rid, reason=why, state=state)
+
+    async def _finish(
+        self, ctx: Context, store: CallbackStore, rid: str, call_id: str, outcome: str, why: str
+    ) -> str:
+        cfg = self.config
+        now = _ms()
+        due = now + int(cfg.callback_retry_after_seconds * 1000)
+        state = await store.finish(
+            rid,
+            call_id,
+            outcome,
+            why,
+            now,
+            due,
+            cfg.callback_max_tries,
+            cfg.callback_record_ttl_seconds,
+        )
+        if state:
+            if self.metrics is not None:
+                self.metrics.finished.labels(state=state).inc()
+            await schedule_pass(ctx.redis, self._keys(ctx))
+        return state
+
+    async def _observe(self, ctx: Context, store: CallbackStore) -> bool:
+        """Metrics, and unservable requests said once; True while anything waits."""
+        k = store.keys
+        now = _ms()
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(k.queue)
+            pipe.zcard(k.new)
+            pipe.zcard(k.retry)
+            pipe.zrange(k.queue, 0, 199)
+            queued, new, retry, ids = await pipe.execute()
+        agents = await load_roster(ctx.redis, k)
+        oldest = 0.0
+        for raw_id in ids:
+            record = await store.get(raw_id.decode()) or {}
+            waited = (now - int(record.get("created_ms", now))) / 1000
+            oldest = max(oldest, waited)
+            servable = any(
+                a.get("available")
+                and record.get("skill") in a.get("skills", [])
+                and record.get("language") in a.get("languages", [])
+                for a in agents
+            )
+            if not servable and waited >= self.config.callback_unservable_seconds:
+                if await ctx.redis.hsetnx(k.request(raw_id.decode()), "unservable", str(now)):  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+                    ctx.log.warning(
+                        "callbacks.unservable",
+                        request_id=raw_id.decode(),
+                        skill=record.get("skill"),
+                        language=record.get("language"),
+                        waited_s=round(waited, 1),
+                    )
+                    if self.metrics is not None:
+                        self.metrics.unservable.inc()
+        if self.metrics is not None:
+            self.metrics.queue_length.set(queued)
+            self.metrics.oldest_wait.set(oldest)
+            for agent in agents:
+                self.metrics.agent_load.labels(agent=agent["id"]).set(agent["load"])
+        return bool(queued or new or retry)
+
+    # The calls.
+
+    async def on_answered(self, event: Any, ctx: Context) -> None:
+        store = self._store(ctx)
+        call_id = event.call_id
+        rid = await store.request_of_call(call_id)
+        if rid is None:
+            # Answered before the dial's answer was written down (a fast answer): a
+            # dial in flight makes it worth one more look, a moment later.
+            if ctx.job_try <= 2 and await ctx.redis.zcard(store.keys.assigned):
+                raise NotMappedYet(f"no callback request for {call_id} yet")
+            return
+        now = _ms()
+        if not await store.step(rid, call_id, "calling", "transferring", now):
+            record = await store.get(rid) or {}
+            if record.get("state") != "transferring":
+                return  # already transferred (a redelivery), or the call is over
+            # A retry after a crash mid-transfer: transferring to the same agent again
+            # is the safe side (the customer would otherwise wait on a silent line).
+        record = await store.get(rid) or {}
+        agent_number = record.get("agent_number")
+        if not agent_number:
+            return
+        await ctx.ringez.with_priority(Priority.LIVE).calls.transfer(
+            call_id, agent_number, reason="callback"
+        )
+        await store.step(rid, call_id, "transferring", "live", _ms())
+        ctx.log.info("callbacks.connected", request_id=rid, agent=record.get("agent"))
+
+    async def on_ended(self, event: Any, ctx: Context) -> None:
+        store = self._store(ctx)
+        call_id = event.call_id
+        rid = await store.request_of_call(call_id)
+        if rid is None:
+            return
+        record = await store.get(rid) or {}
+        talked = event.event == "call.completed" and record.get("state") == "live"
+        reason = getattr(event.data, "reason", None) or event.event.removeprefix("call.")
+        outcome = "done" if talked else "failed"
+        state = await self._finish(ctx, store, rid, call_id, outcome, "" if talked else reason)
+        if state:
+            ctx.log.info("callbacks.call_ended", request_id=rid, state=state, reason=reason)
+
+
+def leave_callback_calls_alone(router: Router) -> Router:
+    """`router`'s handlers, skipping the service's own callback calls (the support and
+    escalation agents must not analyse or transfer them)."""
+    guarded = Router()
+    for handler in router.handlers:
+        base = handler.name.rsplit("@", 1)[0] if "@" in handler.name else handler.name
+        guarded.add(handler.event, _skipping(handler.func), name=base)
+    return guarded
+
+
+def _skipping(func: Any) -> Any:
+    async def guarded(event: Any, ctx: Context) -> Any:
+        call_id = getattr(event, "call_id", None)
+        if call_id:
+            mark = CallbackStore(ctx.redis, ctx.settings.key_prefix).keys.call(call_id)
+            if await ctx.redis.exists(mark):
+                return None
+        return await func(event, ctx)
+
+    return guarded

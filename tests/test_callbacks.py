@@ -1,0 +1,242 @@
+"""The callback queue (agents/callbacks/) through the real receiver (POST /callbacks),
+workers, Redis and the sandbox as Ringez; assertions on what the sandbox received."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ringez_worker.agents.callbacks import load_roster_file
+from ringez_worker.agents.callbacks.roster import RosterError, parse_roster
+from ringez_worker.keys import Keys
+from ringez_worker.sandbox.config import BUSY
+from ringez_worker.worker.receiver import create_app
+from tests.agent_stack import agent_stack
+from tests.conftest import make_settings, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "cb-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def session(sandbox: Any) -> str:
+    return sandbox.sandbox.state.create_session(initial_minutes=600).session_id
+
+
+def agents_config(**extra: Any) -> dict[str, Any]:
+    return {
+        "agents_enabled": "callbacks",
+        "callback_session_id": session,
+        "callback_retry_after_seconds": 0.1,
+        "callback_sweep_seconds": 0.2,
+        **extra,
+    }
+
+
+def request(n: int, **fields: Any) -> dict[str, Any]:
+    return {"customer_id": f"cust{n}", "phone": f"+1415555{n:04d}", **fields}
+
+
+async def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        async with http.post(url, data=data, headers=headers or AUTH) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+def callbacks_url(stack: Any) -> str:
+    return stack.receiver_url.rsplit("/webhooks", 1)[0] + "/callbacks"
+
+
+async def roster(redis_client, tmp_path, text: str) -> None:
+    path = tmp_path / "roster.yaml"
+    path.write_text(text)
+    await load_roster_file(redis_client, Keys(), str(path))
+
+
+async def states(redis_client, ids: list[str]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for rid in ids:
+        found[(await redis_client.hget(f"rz:callback:{rid}", "state") or b"gone").decode()] += 1
+    return found
+
+
+async def test_the_endpoint_authenticates_validates_and_is_idempotent(redis_url, redis_client):
+    settings = make_settings(redis_url, callbacks_token=TOKEN)
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+
+        async def send(body: Any, **headers: str) -> tuple[int, Any]:
+            resp = await client.post("/callbacks", data=orjson.dumps(body), headers=headers)
+            return resp.status, await resp.json()
+
+        good = request(1, urgency="high", skill="billing", language="es")
+        assert (await send(good))[0] == 401
+        assert (await send(good, Authorization=f"Bearer {TOKEN}x"))[0] == 401
+        status, answer = await send(
+            {"customer_id": "", "phone": "555-1234", "urgency": "asap", "extra": 1}, **AUTH
+        )
+        assert status == 422
+        assert set(answer["errors"]) == {"customer_id", "phone", "urgency", "extra"}, answer
+        assert "555-1234" not in orjson.dumps(answer).decode()  # input never echoed
+
+        status, first = await send(good, **AUTH, **{"Idempotency-Key": "k-1"})
+        assert status == 202 and first["request_id"].startswith("cb_")
+        stored = await redis_client.hgetall(f"rz:callback:{first['request_id']}")
+        assert stored[b"state"] in (b"new", b"queued") and b"+14155550001" in stored[b"body"]
+        status, again = await send(good, **AUTH, **{"Idempotency-Key": "k-1"})
+        assert (status, again["request_id"], again["replayed"]) == (202, first["request_id"], True)
+        status, clash = await send(request(2), **AUTH, **{"Idempotency-Key": "k-1"})
+        assert status == 409 and clash["error"] == "idempotency_conflict"
+        # A second request without a key is a second request.
+        status, other = await send(good, **AUTH)
+        assert status == 202 and other["request_id"] != first["request_id"]
+        assert TOKEN.encode() not in b"".join(k + v for k, v in stored.items())
+    finally:
+        await client.close()
+    # Off while the token is unset.
+    plain = TestClient(TestServer(create_app(make_settings(redis_url))))
+    await plain.start_server()
+    try:
+        assert (await plain.post("/callbacks", data=b"{}", headers=AUTH)).status == 404
+    finally:
+        await plain.close()
+
+
+def test_a_bad_roster_is_named_by_file_and_entry():
+    with pytest.raises(RosterError, match=r"r.yaml: agent 2: number"):
+        parse_roster("- {id: a1, number: '+14155550100'}\n- {id: a2, number: '12'}\n", "r.yaml")
+    with pytest.raises(RosterError, match="appears twice"):
+        parse_roster(
+            '[{"id": "a", "number": "+14155550100"}, {"id": "a", "number": "+14155550101"}]'
+        )
+    agents = parse_roster(
+        "agents:\n  - id: a1\n    number: '+1 415 555 0100'\n    skills: [billing]\n"
+    )
+    assert agents[0].number == "+14155550100" and agents[0].skills == ["billing"]
+
+
+async def test_priority_order_one_agent_and_every_call_connected(redis_url, redis_client, tmp_path):
+    # One agent, one call at a time: the queue is worked through in the guide's priority
+    # order, each request dialed once, transferred to the agent, the slot freed.
+    async with agent_stack(
+        redis_url,
+        workers=2,
+        agent_config=agents_config(),
+        callbacks_token=TOKEN,
+        sandbox_config={"talk_seconds": 0.05},
+    ) as stack:
+        url = callbacks_url(stack)
+        bodies = [
+            request(1),  # 0
+            request(2, urgency="high"),  # 30
+            request(3, metadata={"tier": "vip", "pending_issues": 2}),  # 70
+            request(4, metadata={"tier": "vip"}),  # 50
+        ]
+        ids = []
+        for body in bodies:  # queued before any agent exists: nothing is assigned yet
+            status, answer = await post(url, body)
+            assert status == 202, answer
+            ids.append(answer["request_id"])
+
+        async def queued() -> bool:
+            return await redis_client.zcard("rz:callbacks:queue") == 4
+
+        await wait_for(queued, deadline_s=20, what="all four taken in and queued")
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+
+        async def all_done() -> bool:
+            return (await states(redis_client, ids))["done"] == 4
+
+        await wait_for(all_done, deadline_s=60, what="every request done")
+        dials = stack.requests("/calls/initiate")
+        assert [d["json"]["to_number"] for d in dials] == [
+            "+14155550003",
+            "+14155550004",
+            "+14155550002",
+            "+14155550001",
+        ]
+        assert {d["json"]["from_number"] for d in dials} == {"+14155550900"}
+        assert len({d["json"]["idempotency_key"] for d in dials}) == 4
+        transfers = [r for r in stack.requests("/actions") if r["json"]["action"] == "transfer"]
+        assert len(transfers) == 4
+        assert {t["json"]["parameters"]["transfer_to"] for t in transfers} == {"+14155550900"}
+        assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
+        assert_never_over(stack, {"+14155550900": 1})
+
+
+async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nobody(
+    redis_url, redis_client, tmp_path
+):
+    config = agents_config(callback_max_tries=2, callback_unservable_seconds=0.3)
+    async with agent_stack(
+        redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
+    ) as stack:
+        await roster(
+            redis_client,
+            tmp_path,
+            "- {id: ana, number: '+14155550900', skills: [billing], languages: [en, es]}\n",
+        )
+        url = callbacks_url(stack)
+        _, busy = await post(url, {"customer_id": "b", "phone": BUSY, "skill": "billing"})
+        _, french = await post(url, request(7, skill="billing", language="fr"))
+        _, fine = await post(url, request(8, skill="billing", language="es"))
+
+        async def settled() -> bool:
+            got = await states(redis_client, [busy["request_id"], fine["request_id"]])
+            return got == {"failed": 1, "done": 1}
+
+        await wait_for(settled, deadline_s=60, what="busy failed after its tries, es done")
+        record = await redis_client.hgetall(f"rz:callback:{busy['request_id']}")
+        assert record[b"tries"] == b"2" and record[b"reason"] == b"busy"
+        assert len(stack.requests("/calls/initiate", to_number=BUSY)) == 2
+
+        async def flagged() -> bool:
+            return await redis_client.hexists(f"rz:callback:{french['request_id']}", "unservable")
+
+        await wait_for(flagged, deadline_s=20, what="the French request reported unservable")
+        assert await redis_client.hget(f"rz:callback:{french['request_id']}", "state") == b"queued"
+
+
+def assert_never_over(stack: Any, limits: dict[str, int]) -> None:
+    """From the sandbox's own calls: how many each agent number was on at once."""
+    events = []
+    for call in stack.sandbox.sandbox.state.calls.values():
+        if call.transferred_to and call.answered_at is not None:
+            events.append((call.answered_at, 1, call.from_number))
+            events.append((call.ended_at or float("inf"), -1, call.from_number))
+    live: Counter[str] = Counter()
+    for _, step, number in sorted(events, key=lambda e: (e[0], e[1])):
+        live[number] += step
+        assert live[number] <= limits[number], (number, live[number])
+
+
+async def test_support_and_escalation_leave_callback_calls_alone(redis_url, redis_client, tmp_path):
+    config = agents_config(agents_enabled="support,escalation,callbacks")
+    async with agent_stack(
+        redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
+    ) as stack:
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        _, answer = await post(callbacks_url(stack), request(9))
+
+        async def done() -> bool:
+            return (await states(redis_client, [answer["request_id"]]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the callback done")
+        call_id = (
+            await redis_client.hget(f"rz:callback:{answer['request_id']}", "call_id")
+        ).decode()
+
+        async def drained() -> bool:  # the summary would come with the same call.completed
+            return await redis_client.zcard(stack.settings.queue_name) == 0
+
+        await wait_for(drained, deadline_s=20, what="every job run")
+        assert not await redis_client.exists(f"rz:summary:{call_id}")
+        assert not await redis_client.exists(f"rz:call:{call_id}:opened")
