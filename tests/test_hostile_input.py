@@ -86,7 +86,9 @@ async def test_a_flood_from_one_client_leaves_the_receiver_healthy(receiver, red
     for _ in range(5):
         statuses += await asyncio.gather(*(hit(i) for i in range(400)))
     assert set(statuses) == {401}
-    assert await redis_client.dbsize() == 0
+    # Nothing but the console's per-minute rejection counter (flushed once a second; a
+    # loaded run takes longer than that) reached Redis.
+    assert {k.decode().split(":")[1] for k in await redis_client.keys("*")} <= {"stats"}
     assert (await receiver.get("/healthz")).status == 200
     good = await receiver.post(PATH, data=body, headers=signed_headers(body))
     assert good.status == 202
