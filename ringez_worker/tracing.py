@@ -103,6 +103,7 @@ def disable() -> None:
     from ringez_worker import tracing_otel
 
     TRACING.on = False
+    TRACING.trust_traceparent = False
     tracing_otel.uninstrument()
     TRACING.provider.force_flush()
     TRACING.tracer = TRACING.provider = None

@@ -127,7 +127,7 @@ class HttpTransport:
             if self.rate_limiter is not None:
                 await self.rate_limiter.acquire(priority)
             # Tracing on: a CLIENT span per attempt, its traceparent sent along.
-            with _attempt_span(method, url, attempt) as span:
+            with _attempt_span(method, url, path, attempt) as span:
                 send_headers = all_headers if span is None else _traced(all_headers)
                 started = time.perf_counter()
                 try:
@@ -324,13 +324,13 @@ class HttpTransport:
         return body
 
 
-def _attempt_span(method: str, url: str, attempt: int) -> Any:
+def _attempt_span(method: str, url: str, path: str, attempt: int) -> Any:
     """A context manager: the attempt's CLIENT span with tracing on, else None (no cost)."""
     if not TRACING.on:
         return _NO_SPAN
     from ringez_worker import tracing_otel
 
-    return tracing_otel.client_span(method, url, attempt)
+    return tracing_otel.client_span(method, url, path, attempt)
 
 
 def _traced(headers: dict[str, str]) -> dict[str, str]:
