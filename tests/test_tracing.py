@@ -491,3 +491,34 @@ async def test_the_batch_span_marks_a_redis_failure(spans, redis_url):
     assert server_span.status.status_code is StatusCode.ERROR
     (producer,) = _named(finished, "create ")
     assert producer.status.status_code is StatusCode.ERROR
+
+
+def test_dev_prints_the_spans_of_its_scenarios_with_the_console_exporter():
+    from ringez_worker.sandbox.redis_server import free_port
+
+    env = {
+        "PORT": str(free_port()),
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_SERVICE_NAME": "ringez-dev-test",
+        "RINGEZ_WEBHOOK_SECRET": "",
+        "RINGEZ_API_KEY": "",
+    }
+    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ringez_worker.worker.cli", "dev", "--scenarios", "calm"]
+        + ["--exit-after-scenarios"],
+        env={**full_env, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "calm: call" in out  # the usual summary, and the spans beside it
+    for name in ("POST /webhooks/ringez", "create ringez:queue", "process ringez:queue"):
+        assert f'"name": "{name}"' in out, name
+    assert '"name": "handler agents.support.' in out
+    assert '"service.name": "ringez-dev-test"' in out
+    # Log lines carry the ids of the span they were written in.
+    assert "trace_id=" in out and "span_id=" in out
