@@ -190,33 +190,34 @@ def delivery_attributes(delivery_id: str, event: str, data: Mapping[str, Any]) -
 def fail(error_type: str) -> None:
     """The current span failed: ERROR with the error's type only (its text may carry
     caller data)."""
-    span = trace.get_current_span()
-    span.set_attribute("error.type", error_type)
-    span.set_status(Status(StatusCode.ERROR, error_type))
+    fail_span(trace.get_current_span(), error_type)
 
 
 # --- the receiver -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server_span(
+def start_server_span(
     method: str, route: str, path: str, scheme: str, headers: Mapping[str, str]
-) -> Iterator[trace.Span]:
-    """The receiver's SERVER span. An incoming `traceparent` arrives on a public, unsigned
-    port: it is a link unless TRACING_TRUST_TRACEPARENT makes it the parent."""
-    incoming = _PROPAGATOR.extract(
-        {k: v for k, v in headers.items() if k.lower() in ("traceparent", "tracestate")},
-        context=Context(),
-    )
-    remote = trace.get_current_span(incoming).get_span_context()
+) -> tuple[Span, object]:
+    """The receiver's SERVER span, made current; end it with `finish`. An incoming
+    `traceparent` arrives on a public, unsigned port: it is a link unless
+    TRACING_TRUST_TRACEPARENT makes it the parent.
+
+    By hand rather than `start_as_current_span`: this runs once per webhook."""
     parent: Context = Context()
     links: list[Link] = []
-    if remote.is_valid:
-        if TRACING.trust_traceparent:
-            parent = incoming
-        else:
-            links.append(Link(remote, {"ringez.link": "sender"}))
-    with TRACING.tracer.start_as_current_span(
+    if "traceparent" in headers:
+        incoming = _PROPAGATOR.extract(
+            {"traceparent": headers["traceparent"], "tracestate": headers.get("tracestate", "")},
+            context=Context(),
+        )
+        remote = trace.get_current_span(incoming).get_span_context()
+        if remote.is_valid:
+            if TRACING.trust_traceparent:
+                parent = incoming
+            else:
+                links.append(Link(remote, {"ringez.link": "sender"}))
+    span = TRACING.tracer.start_span(
         f"{method} {route}",
         context=parent,
         kind=SpanKind.SERVER,
@@ -227,9 +228,14 @@ def server_span(
             "url.path": path,
             "url.scheme": scheme,
         },
-        record_exception=False,
-    ) as span:
-        yield span
+    )
+    return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def finish(span: Span, token: object) -> None:
+    """End a span made current by hand."""
+    otel_context.detach(token)  # type: ignore[arg-type]  # the attach's token
+    span.end()
 
 
 def server_status(span: trace.Span, status: int) -> None:
@@ -242,9 +248,10 @@ def server_status(span: trace.Span, status: int) -> None:
 # --- the queue ----------------------------------------------------------------------
 
 
-def producer_span(queue: str, delivery_id: str) -> Any:
-    """The PRODUCER span of one delivery (`create`): the parent of its job's runs."""
-    return TRACING.tracer.start_as_current_span(
+def start_producer_span(queue: str, delivery_id: str) -> Span:
+    """The PRODUCER span of one delivery (`create`), a child of the current (SERVER) span
+    and the parent of its job's runs; not made current (nothing runs under it here)."""
+    return TRACING.tracer.start_span(
         f"create {queue}",
         kind=SpanKind.PRODUCER,
         attributes={
@@ -254,8 +261,21 @@ def producer_span(queue: str, delivery_id: str) -> Any:
             "messaging.destination.name": queue,
             "messaging.message.id": delivery_id,
         },
-        record_exception=False,
     )
+
+
+def traceparent(span: trace.Span) -> dict[str, str]:
+    """`span`'s W3C trace context as header fields, formatted directly (once per webhook)."""
+    ctx = span.get_span_context()
+    out = {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    if ctx.trace_state:
+        out["tracestate"] = ctx.trace_state.to_header()
+    return out
+
+
+def fail_span(span: trace.Span, error_type: str) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR, error_type))
 
 
 def batch_span(queue: str, created: list[SpanContext]) -> Any:

@@ -504,9 +504,9 @@ def test_dev_prints_the_spans_of_its_scenarios_with_the_console_exporter():
         "RINGEZ_API_KEY": "",
     }
     full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    argv = ["dev", "--scenarios", "calm", "--exit-after-scenarios"]
     done = subprocess.run(
-        [sys.executable, "-m", "ringez_worker.worker.cli", "dev", "--scenarios", "calm"]
-        + ["--exit-after-scenarios"],
+        [sys.executable, "-m", "ringez_worker.worker.cli", *argv],
         env={**full_env, "PYTHONPATH": str(ROOT), **env},
         cwd=ROOT,
         capture_output=True,

@@ -176,15 +176,17 @@ class EventQueue:
 
         # The delivery's PRODUCER span, made here: the batch goes out as one packed
         # command past redis-py, where its instrumentation never sees it.
-        with tracing_otel.producer_span(self._keys.queue, delivery_id) as span:
-            item = self._item(delivery_id, body, now, stamp, tracing_otel.carrier(span))
-            try:
-                new = await self._submit(item, span.get_span_context())
-            except Exception as exc:
-                tracing_otel.fail(type(exc).__name__)
-                raise
+        span = tracing_otel.start_producer_span(self._keys.queue, delivery_id)
+        try:
+            item = self._item(delivery_id, body, now, stamp, tracing_otel.traceparent(span))
+            new = await self._submit(item, span.get_span_context())
             span.set_attribute("ringez.duplicate", not new)
             return new
+        except BaseException as exc:
+            tracing_otel.fail_span(span, type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     async def _flush(self) -> None:
         # Let every request that is already runnable join the first batch.

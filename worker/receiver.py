@@ -69,12 +69,18 @@ async def _receive_traced(request: web.Request) -> web.Response:
     from ringez_worker import tracing_otel
 
     route = request.app[SETTINGS].webhook_path
-    with tracing_otel.server_span(
+    span, token = tracing_otel.start_server_span(
         request.method, route, request.path, request.scheme, request.headers
-    ) as span:
+    )
+    try:
         response = await _receive(request)
         tracing_otel.server_status(span, response.status)
         return response
+    except BaseException as exc:
+        tracing_otel.fail_span(span, type(exc).__name__)
+        raise
+    finally:
+        tracing_otel.finish(span, token)
 
 
 async def _receive(request: web.Request) -> web.Response:
