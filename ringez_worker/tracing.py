@@ -29,13 +29,12 @@ TRACE_LINK = "tl"
 class _State:
     """Whether tracing is on, and the tracer when it is (one per process)."""
 
-    __slots__ = ("on", "provider", "tracer", "trust_traceparent")
+    __slots__ = ("on", "provider", "tracer")
 
     def __init__(self) -> None:
         self.on = False
         self.tracer: Any = None
         self.provider: Any = None
-        self.trust_traceparent = False
 
 
 TRACING = _State()
@@ -53,12 +52,6 @@ def wanted(env: Mapping[str, str] | None = None) -> bool:
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
         or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     )
-
-
-def trust_traceparent(env: Mapping[str, str] | None = None) -> bool:
-    """TRACING_TRUST_TRACEPARENT: an incoming `traceparent` becomes the parent, not a link."""
-    env = os.environ if env is None else env
-    return env.get("TRACING_TRUST_TRACEPARENT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def setup_from_env(env: Mapping[str, str] | None = None) -> bool:
@@ -79,19 +72,16 @@ def setup_from_env(env: Mapping[str, str] | None = None) -> bool:
         return False
     provider = tracing_otel.provider_from_env(env)
     tracing_otel.set_global(provider)
-    enable(provider, trust=trust_traceparent(env), env=env)
+    enable(provider, env=env)
     return True
 
 
-def enable(
-    provider: TracerProvider, *, trust: bool = False, env: Mapping[str, str] | None = None
-) -> None:
+def enable(provider: TracerProvider, *, env: Mapping[str, str] | None = None) -> None:
     """Trace with `provider` (tests pass one with an in-memory exporter)."""
     from ringez_worker import tracing_otel
 
     TRACING.provider = provider
     TRACING.tracer = provider.get_tracer("ringez_worker")
-    TRACING.trust_traceparent = trust
     tracing_otel.instrument(provider, os.environ if env is None else env)
     TRACING.on = True
 
@@ -103,7 +93,6 @@ def disable() -> None:
     from ringez_worker import tracing_otel
 
     TRACING.on = False
-    TRACING.trust_traceparent = False
     tracing_otel.uninstrument()
     TRACING.provider.force_flush()
     TRACING.tracer = TRACING.provider = None

@@ -197,7 +197,7 @@ def fail(error_type: str) -> None:
 
 
 def start_server_span(
-    method: str, route: str, path: str, scheme: str, headers: Mapping[str, str]
+    method: str, route: str, path: str, scheme: str, headers: Mapping[str, str], trusted: bool
 ) -> tuple[Span, object]:
     """The receiver's SERVER span, made current; end it with `finish`. An incoming
     `traceparent` arrives on a public, unsigned port: it is a link unless
@@ -213,7 +213,7 @@ def start_server_span(
         )
         remote = trace.get_current_span(incoming).get_span_context()
         if remote.is_valid:
-            if TRACING.trust_traceparent:
+            if trusted:
                 parent = incoming
             else:
                 links.append(Link(remote, {"ringez.link": "sender"}))

@@ -253,11 +253,15 @@ async def test_one_webhook_is_one_trace_through_receiver_queue_worker_and_api(
     _scan_for_leaks(finished, [SECRET, API_KEY, PHONE, TRANSCRIPT, "cancel my subscription"])
 
 
-async def test_a_trusted_traceparent_becomes_the_parent(spans, redis_url, receiver):
-    tracing.TRACING.trust_traceparent = True
-    body = event_body("call.completed", duration=3)
-    url = str(receiver.make_url(PATH))
-    assert await _post(url, body, traceparent=TRACEPARENT) == 202
+async def test_a_trusted_traceparent_becomes_the_parent(spans, redis_url):
+    settings = make_settings(redis_url, tracing_trust_traceparent=True)
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    try:
+        body = event_body("call.completed", duration=3)
+        assert await _post(str(server.make_url(PATH)), body, traceparent=TRACEPARENT) == 202
+    finally:
+        await server.close()
     (server,) = _named(list(spans.get_finished_spans()), "POST ")
     assert _hex(server.context.trace_id, 32) == SENDER_TRACE
     assert _hex(server.parent.span_id, 16) == SENDER_SPAN

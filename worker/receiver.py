@@ -68,9 +68,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
 async def _receive_traced(request: web.Request) -> web.Response:
     from ringez_worker import tracing_otel
 
-    route = request.app[SETTINGS].webhook_path
+    settings = request.app[SETTINGS]
     span, token = tracing_otel.start_server_span(
-        request.method, route, request.path, request.scheme, request.headers
+        request.method,
+        settings.webhook_path,
+        request.path,
+        request.scheme,
+        request.headers,
+        settings.tracing_trust_traceparent,
     )
     try:
         response = await _receive(request)
