@@ -21,7 +21,7 @@ This worker's deserializer hands them to the job function as its `trace` argumen
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
 from ringez_worker.lua import Arg, LuaScript
-from ringez_worker.tracing import TRACE_CONTEXT, TRACE_LINK
+from ringez_worker.tracing import TRACE_CONTEXT, TRACE_LINK, TRACING
 
 JOB_FUNCTION = "handle_event"
 WEBHOOK = "webhook"
@@ -167,6 +167,12 @@ async def enqueue_job(
 
     Scheduled work is a job with a later score, never a sleeping worker. Returns False
     when `unique` and a job of that id is already queued or running."""
+    if TRACING.on and job.trace_context is None and job.trace_link is None:
+        from ringez_worker import tracing_otel
+
+        # Work queued by a handler (a scheduled check): its runs link the span that
+        # queued it, in a trace of their own rather than stretching the delivery's.
+        job = replace(job, trace_link=tracing_otel.carrier() or None)
     now = int(time.time() * 1000)
     due = now if due_ms is None else due_ms
     jid = job_id or job.id

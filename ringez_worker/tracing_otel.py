@@ -304,10 +304,15 @@ def batch_span(queue: str, created: list[SpanContext]) -> Any:
 
 
 def consumer_span(
-    queue: str, delivery_id: str, kind: str, job_try: int, fields: Mapping[str, Any] | None
+    queue: str,
+    delivery_id: str,
+    kind: str,
+    job_try: int,
+    fields: Mapping[str, Any] | None,
+    replay: bool,
 ) -> Any:
-    """A job run's `process` span: a child of the producer span that links it too, and
-    for a replay a link to the original delivery's trace."""
+    """A job run's `process` span: a child of the producer span that links it too; for a
+    replay a link to the original delivery's trace, for a task to the span that queued it."""
     fields = fields or {}
     producer = span_context_of(fields.get(TRACE_CONTEXT))
     original = span_context_of(fields.get(TRACE_LINK))
@@ -315,7 +320,9 @@ def consumer_span(
     if producer is not None:
         links.append(Link(producer, {"ringez.link": "producer"}))
     if original is not None:
-        links.append(Link(original, {"ringez.link": "original_delivery"}))
+        links.append(
+            Link(original, {"ringez.link": "original_delivery" if replay else "queued_by"})
+        )
     parent = trace.set_span_in_context(trace.NonRecordingSpan(producer)) if producer else Context()
     return TRACING.tracer.start_as_current_span(
         f"process {queue}",
@@ -330,7 +337,7 @@ def consumer_span(
             "messaging.message.id": delivery_id,
             "ringez.job.kind": kind,
             "ringez.job.try": job_try,
-            "ringez.replay": original is not None,
+            "ringez.replay": replay,
         },
         record_exception=False,
         set_status_on_exception=False,

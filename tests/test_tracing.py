@@ -526,3 +526,41 @@ def test_dev_prints_the_spans_of_its_scenarios_with_the_console_exporter():
     assert '"service.name": "ringez-dev-test"' in out
     # Log lines carry the ids of the span they were written in.
     assert "trace_id=" in out and "span_id=" in out
+
+
+async def test_a_task_a_handler_queues_links_to_the_handler_span(spans, redis_url):
+    from ringez_worker.jobs import schedule_task
+
+    ran: list[str] = []
+    router = Router()
+
+    @router.on("call.answered")
+    async def plan(event: Event, ctx: Context) -> None:
+        keys = Keys(prefix=ctx.settings.key_prefix, queue=ctx.settings.queue_name)
+        await schedule_task(ctx.redis, keys, "tracing.check", {"call_id": event.call_id})
+
+    @router.on_task("tracing.check")
+    async def check(event: Event, ctx: Context) -> None:
+        ran.append(event.call_id)
+
+    async with stack(redis_url, router) as (_, _, url):
+        assert await _post(url, event_body("call.answered")) == 202
+        await wait_for(lambda: ran == ["call_1"], what="the queued task")
+
+        def task_span() -> list[ReadableSpan]:
+            return [
+                s
+                for s in _named(list(spans.get_finished_spans()), "process ")
+                if s.attributes["ringez.job.kind"] == "task"
+            ]
+
+        await wait_for(lambda: bool(task_span()), what="the task's process span")
+    (planner,) = [
+        s for s in _named(list(spans.get_finished_spans()), "handler ") if "plan@" in s.name
+    ]
+    (task,) = task_span()
+    assert task.context.trace_id != planner.context.trace_id
+    assert [(link.context.span_id, link.attributes["ringez.link"]) for link in task.links] == [
+        (planner.context.span_id, "queued_by")
+    ]
+    assert task.attributes["ringez.replay"] is False

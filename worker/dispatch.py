@@ -143,9 +143,10 @@ class Dispatcher:
     ) -> Outcome:
         from ringez_worker import tracing_otel
 
-        delivery_id, _, job_try, _, _, _, kind = args
+        delivery_id, _, job_try, only, _, _, kind = args
         queue = self.settings.queue_name
-        with tracing_otel.consumer_span(queue, delivery_id, kind, job_try, trace):
+        replay = only is not None
+        with tracing_otel.consumer_span(queue, delivery_id, kind, job_try, trace, replay):
             _ORIGIN.set(tracing_otel.origin(trace))
             try:
                 outcome = await self._dispatch_safely(*args)
