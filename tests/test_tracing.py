@@ -520,6 +520,7 @@ def test_dev_prints_the_spans_of_its_scenarios_with_the_console_exporter():
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout + done.stderr
     assert "calm: call" in out  # the usual summary, and the spans beside it
+    assert "  tracing   on, exporter console" in out
     for name in ("POST /webhooks/ringez", "create ringez:queue", "process ringez:queue"):
         assert f'"name": "{name}"' in out, name
     assert '"name": "handler agents.support.' in out
