@@ -310,6 +310,14 @@ async def test_a_replay_links_to_the_original_delivery_trace(spans, redis_url, r
         (producer.context.trace_id, producer.context.span_id)  # ... linking the original
     ]
     assert replay.attributes["ringez.outcome"] == "ok"
+    (first,) = [
+        s
+        for s in _named(list(spans.get_finished_spans()), "process ")
+        if not s.attributes["ringez.replay"]
+    ]
+    assert first.attributes["ringez.outcome"] == "gave_up"
+    assert first.attributes["error.type"] == "gave_up"
+    assert first.status.status_code is StatusCode.ERROR
 
 
 async def test_jobs_with_and_without_trace_context_run_on_workers_with_and_without_tracing(

@@ -156,7 +156,7 @@ class Dispatcher:
                 tracing_otel.fail(type(exc).__name__)
                 raise
             if outcome.failed:
-                tracing_otel.fail("handler_failed")
+                tracing_otel.fail("invalid_event" if "<parse>" in outcome.failed else "gave_up")
             return outcome
 
     async def _dispatch_safely(
