@@ -16,7 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN dirs="ringez_worker ringez_worker/api handlers agents report worker worker/console sandbox" \
     && for d in $dirs; do mkdir -p $d && touch $d/__init__.py; done \
-    && pip install ".[fast,report]" \
+    && pip install ".[fast,report,otel]" \
     && pip uninstall -y ringez-agent-worker
 # Then the project itself (not editable; no test extra).
 COPY ringez_worker ./ringez_worker

@@ -103,7 +103,17 @@ def wait_quiet(max_busy: float = 0.15, window_s: float = 1.0, deadline_s: float 
 class Service:
     """A child Python process whose output goes to a log file (no pipe to keep drained)."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        python: str | None = None,
+        cwd: Path | None = None,
+    ):
+        # `python` and `cwd`: another checkout's interpreter and tree (ingest's ringez-base).
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         full_env = {
@@ -115,9 +125,9 @@ class Service:
         }
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, *argv],
+            [python or sys.executable, *argv],
             env=full_env,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -11,6 +11,11 @@ Designs:
   straightforward  bench/baseline_receiver.py --design straightforward: HMAC, arq enqueue_job
   ringez           python -m ringez_worker.worker.cli serve (LOG_LEVEL=INFO: one log line per event)
   ringez-warn      the same with LOG_LEVEL=WARNING (shows what the per-event log line costs)
+  ringez-otel      ringez with tracing on: every request traced (always_on), OTLP/HTTP to a
+                   stand-in collector (bench/otlp_sink.py); needs the `otel` extra
+  ringez-otel-10   the same, sampling 10 % of traces (OTEL_TRACES_SAMPLER=traceidratio)
+  ringez-base      ringez from another checkout (--base-tree, --base-python): the same
+                   service before a change, measured side by side with it
 
 Reports req/s, wrk's latency percentiles, duplicates, receiver peak RSS (VmHWM) and the
 CPU seconds used by the receiver, redis-server and wrk. Loopback only, bounded, stops
@@ -23,6 +28,7 @@ by itself (installs wrk with apt-get when it is missing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -31,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +62,20 @@ from bench.common import (  # noqa: E402
 from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
-QUEUES = {"straightforward": "arq:queue", "ringez": "ringez:queue", "ringez-warn": "ringez:queue"}
+QUEUES = {
+    "straightforward": "arq:queue",
+    "ringez": "ringez:queue",
+    "ringez-warn": "ringez:queue",
+    "ringez-otel": "ringez:queue",
+    "ringez-otel-10": "ringez:queue",
+    "ringez-base": "ringez:queue",
+}
 ALL_DESIGNS = ("bare", "straightforward", "ringez", "ringez-warn")
+EXTRA_DESIGNS = ("ringez-otel", "ringez-otel-10", "ringez-base")
+# Where ringez-otel exports (bench/otlp_sink.py, started by main when that design runs).
+SINK_PORT = 4399
+# Set by main from --base-tree / --base-python.
+BASE: dict[str, Any] = {}
 
 
 def write_requests(path: Path, count: int, tag: str) -> None:
@@ -72,9 +92,21 @@ def receiver(design: str, port: int, redis_url: str, log_dir: Path) -> Service:
         argv = ["bench/baseline_receiver.py", "--design", design, "--port", str(port)]
         return Service(design, [*argv, "--redis-url", redis_url], env, log_dir)
     env["LOG_LEVEL"] = "WARNING" if design == "ringez-warn" else "INFO"
-    return Service(
-        design, ["-m", "ringez_worker.worker.cli", "serve", "--port", str(port)], env, log_dir
-    )
+    # Tracing off unless this design turns it on, whatever this shell has set.
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_EXPORTER_OTLP_ENDPOINT="")
+    if design.startswith("ringez-otel"):
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{SINK_PORT}",
+            OTEL_TRACES_SAMPLER="always_on",
+            OTEL_SERVICE_NAME="ringez-bench",
+        )
+        if design == "ringez-otel-10":
+            env.update(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
+    argv = ["-m", "ringez_worker.worker.cli", "serve", "--port", str(port)]
+    if design == "ringez-base":
+        return Service(design, argv, env, log_dir, python=BASE["python"], cwd=BASE["tree"])
+    return Service(design, argv, env, log_dir)
 
 
 def run_wrk(
@@ -261,6 +293,23 @@ def table(results: list[dict[str, Any]], designs: list[str]) -> str:
     return "\n".join(rows)
 
 
+@contextlib.contextmanager
+def _sink(designs: list[str], tmp: str) -> Iterator[None]:
+    """The stand-in collector, for as long as ringez-otel may run."""
+    if not any(d.startswith("ringez-otel") for d in designs):
+        yield
+        return
+    sink = Service("otlp-sink", ["bench/otlp_sink.py", "--port", str(SINK_PORT)], {}, Path(tmp))
+    try:
+        wait_for_port(SINK_PORT)
+        yield
+        with urllib.request.urlopen(f"http://127.0.0.1:{SINK_PORT}/stats", timeout=5) as resp:
+            print(f"# otlp sink received {resp.read().decode()}", flush=True)
+    finally:
+        sink.popen.terminate()
+        sink.popen.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,11 +325,21 @@ def main() -> None:
         "--profile", type=Path, default=None, help="py-spy each receiver; stacks go here"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write all runs here")
+    parser.add_argument(
+        "--base-tree", type=Path, default=None, help="ringez-base: a checkout (git archive)"
+    )
+    parser.add_argument(
+        "--base-python", default=None, help="ringez-base: a venv's python with it installed -e"
+    )
     args = parser.parse_args()
     designs = [d for d in args.designs.split(",") if d]
-    unknown = set(designs) - set(ALL_DESIGNS)
+    unknown = set(designs) - set(ALL_DESIGNS) - set(EXTRA_DESIGNS)
     if unknown:
         raise SystemExit(f"unknown designs: {sorted(unknown)}")
+    if "ringez-base" in designs:
+        if args.base_tree is None or args.base_python is None:
+            raise SystemExit("ringez-base needs --base-tree and --base-python")
+        BASE.update(tree=args.base_tree.resolve(), python=args.base_python)
     if args.duration > 120 or args.rounds > 5:
         raise SystemExit("keep it bounded: --duration <= 120, --rounds <= 5")
     os.chdir(ROOT)
@@ -288,7 +347,7 @@ def main() -> None:
     ensure_apt("redis-server", "redis-server")
     print(json.dumps(machine()), flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="ringez-ingest-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ringez-ingest-") as tmp, _sink(designs, tmp):
         work = Path(tmp)
         main_file, warm_file = work / "requests.txt", work / "warmup.txt"
         started = time.monotonic()

@@ -11,12 +11,17 @@ set), JSON, never pickle. The arguments keep the 0.1 layout, `[id, body, receive
 only]`, so jobs queued by an older receiver still run; the kind rides in arq's keyword
 arguments and only when it is not `webhook`, so a webhook job is byte-for-byte what an
 older worker reads too.
+
+Tracing (ringez_worker/tracing.py) adds the producer's W3C trace context beside arq's
+fields (`tc`; a replay's link to the original delivery: `tl`), where arq and an older
+worker never look: jobs with and without it run on workers with and without tracing.
+This worker's deserializer hands them to the job function as its `trace` argument.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +30,7 @@ from redis.asyncio import Redis
 
 from ringez_worker.keys import Keys
 from ringez_worker.lua import Arg, LuaScript
+from ringez_worker.tracing import TRACE_CONTEXT, TRACE_LINK, TRACING
 
 JOB_FUNCTION = "handle_event"
 WEBHOOK = "webhook"
@@ -42,7 +48,14 @@ def dumps_job(obj: object) -> bytes:
 
 
 def loads_job(data: bytes) -> Any:
-    return orjson.loads(data)
+    obj = orjson.loads(data)
+    # The trace fields ride outside arq's `a` and `k` (an older worker would refuse an
+    # argument it does not know); this worker's job function takes them as `trace`.
+    if type(obj) is dict and (TRACE_CONTEXT in obj or TRACE_LINK in obj):
+        kwargs = obj.get("k")
+        if type(kwargs) is dict:
+            kwargs["trace"] = {k: obj.pop(k) for k in (TRACE_CONTEXT, TRACE_LINK) if k in obj}
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,8 @@ class Job:
     body: str
     received_ms: int | None = None
     only: list[str] | None = None  # a replay: just these handlers (or REPLAY_PENDING)
+    trace_context: dict[str, str] | None = None  # the producer span's (tracing on)
+    trace_link: dict[str, str] | None = None  # a replay's: the original delivery's trace
 
     def record(self, enqueue_ms: int) -> bytes:
         """The arq job record (arq's own layout: function, args, kwargs, enqueue time)."""
@@ -61,7 +76,18 @@ class Job:
         if self.only is not None:
             args.append(self.only)
         kwargs = {} if self.kind == WEBHOOK else {"kind": self.kind}
-        return orjson.dumps({"t": 1, "f": JOB_FUNCTION, "a": args, "k": kwargs, "et": enqueue_ms})
+        record: dict[str, object] = {
+            "t": 1,
+            "f": JOB_FUNCTION,
+            "a": args,
+            "k": kwargs,
+            "et": enqueue_ms,
+        }
+        if self.trace_context:
+            record[TRACE_CONTEXT] = self.trace_context
+        if self.trace_link:
+            record[TRACE_LINK] = self.trace_link
+        return orjson.dumps(record)
 
     @classmethod
     def from_record(cls, raw: bytes | str) -> Job:
@@ -75,15 +101,36 @@ class Job:
             raise ValueError(f"unknown job kind {kind!r}")
         received = args[2] if len(args) > 2 else None
         only = args[3] if len(args) > 3 else None
-        return cls(kind, args[0], args[1], received, only)
+        return cls(
+            kind,
+            args[0],
+            args[1],
+            received,
+            only,
+            _fields(record.get(TRACE_CONTEXT)),
+            _fields(record.get(TRACE_LINK)),
+        )
+
+
+def _fields(value: object) -> dict[str, str] | None:
+    """A trace carrier as stored, or None if it is not a dict of strings."""
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value
+    return None
 
 
 def job_bytes(
-    delivery_id: str, body: bytes | str, received_ms: int, only: list[str] | None = None
+    delivery_id: str,
+    body: bytes | str,
+    received_ms: int,
+    only: list[str] | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> bytes:
     """The arq job record of one webhook delivery (the receiver's hot path)."""
     text = body.decode() if isinstance(body, bytes) else body
-    return Job(WEBHOOK, delivery_id, text, received_ms, only).record(received_ms)
+    return Job(WEBHOOK, delivery_id, text, received_ms, only, trace_context).record(received_ms)
 
 
 def task_body(name: str, data: dict[str, Any]) -> str:
@@ -128,6 +175,12 @@ async def enqueue_job(
     Scheduled work is a job with a later score, never a sleeping worker. Returns False
     when `unique` and a job of that id is already queued or running, or when `once_key`
     is given and already set (it is set, for `once_ttl_ms`, together with the queueing)."""
+    if TRACING.on and job.trace_context is None and job.trace_link is None:
+        from ringez_worker import tracing_otel
+
+        # Work queued by a handler (a scheduled check): its runs link the span that
+        # queued it, in a trace of their own rather than stretching the delivery's.
+        job = replace(job, trace_link=tracing_otel.carrier() or None)
     now = int(time.time() * 1000)
     due = now if due_ms is None else due_ms
     jid = job_id or job.id

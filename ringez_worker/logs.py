@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import structlog
 
+from ringez_worker.tracing import TRACING, add_trace_ids
+
 REDACTED = "[redacted]"
 _SENSITIVE_KEYS = ("secret", "api_key", "apikey", "authorization", "password", "token")
 
@@ -101,6 +103,9 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         _iso_timestamp,
     ]
+    if TRACING.on:
+        # Only then: a line links to its trace by these ids; off, no cost per line.
+        pre_chain.append(add_trace_ids)
     # Redaction comes last before rendering, so nothing added later can carry a secret out.
     register_secrets(secrets)
     tail: list[Any] = [structlog.processors.format_exc_info, REDACTOR]

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     ringez_handlers: str = ""
     load_entry_points: bool = True
 
+    # Tracing is configured by the standard OTEL_* variables (ringez_worker/tracing.py);
+    # this one is ours: an incoming `traceparent` becomes the SERVER span's parent (a
+    # sender you trust) instead of a link.
+    tracing_trust_traceparent: bool = False
+
     # Logging.
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandb
 from ringez_worker.sandbox.dev_quality import quality_lines
 from ringez_worker.sandbox.redis_server import start_embedded
 from ringez_worker.settings import Settings
+from ringez_worker.tracing import TRACING
 
 DEV_SECRET = "whsec_dev_local"
 DEV_API_KEY = "sk_test_dev_local"
@@ -107,6 +109,9 @@ async def run_dev(
     _say(f"  metrics   http://127.0.0.1:{settings.port}/metrics")
     if console_runner is not None:
         _say(f"  console   {console_url}/login  (token {console_token})")
+    if TRACING.on:
+        exporters = os.environ.get("OTEL_TRACES_EXPORTER") or "otlp"
+        _say(f"  tracing   on, exporter {exporters} (README: Tracing)")
     _say()
     try:
         runs = [start_scenario(sandbox.sandbox, name, receiver_url) for name in scenarios]

@@ -20,6 +20,7 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.redis_conn import arq_redis_settings, arq_sentinel_pool
 from ringez_worker.settings import Settings, load_settings
+from ringez_worker.tracing import setup_from_env
 from ringez_worker.worker.batch_worker import RingezWorker
 from ringez_worker.worker.dispatch import Dispatcher
 from ringez_worker.worker.health import start_worker_http
@@ -51,9 +52,10 @@ async def handle_event(
     received_ms: int | None = None,
     only: list[str] | None = None,
     kind: str = WEBHOOK,
+    trace: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The one arq job function, for every kind of job (the envelope: ringez_worker/jobs.py):
-    dispatch it to its handlers."""
+    dispatch it to its handlers. `trace`: the envelope's trace fields, when it has them."""
     dispatcher: Dispatcher = ctx["dispatcher"]
     outcome = await dispatcher.dispatch(
         delivery_id,
@@ -63,6 +65,7 @@ async def handle_event(
         received_ms=received_ms,
         job_id=ctx.get("job_id"),
         kind=kind,
+        trace=trace,
     )
     return outcome.as_dict()
 
@@ -96,6 +99,7 @@ def worker_settings(
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
+            setup_from_env()
             configure_logging(settings.log_level, settings.log_format, settings.secret_values())
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         metrics = shared_metrics

@@ -210,6 +210,7 @@ class RingezWorker(Worker):
                     "worker gave up: crashed or timed out on every try",
                     tries,
                     job.kind,
+                    job.trace_link or job.trace_context,
                 )
         except (RedisError, OSError) as exc:
             # Keep the job (its lease runs out and it is tried again) rather than drop it

@@ -15,6 +15,7 @@ import orjson
 from ringez_worker.handlers.loading import HandlerLoadError
 from ringez_worker.logs import configure_logging, get_logger
 from ringez_worker.settings import Settings, SettingsError, load_settings, require
+from ringez_worker.tracing import setup_from_env
 
 log = get_logger("ringez.cli")
 
@@ -38,6 +39,8 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 def _setup(settings: Settings, fmt: str | None = None) -> None:
+    # Tracing first: the log processors that add trace ids are chosen by configure_logging.
+    setup_from_env()
     configure_logging(settings.log_level, fmt or settings.log_format, _secrets(settings))
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import time
 import traceback
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,16 @@ from ringez_worker.jobs import REPLAY_PENDING, TASK, WEBHOOK
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
+from ringez_worker.tracing import TRACING
 from ringez_worker.worker import activity
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 
 log = get_logger("ringez.dispatch")
+
+# The trace context a failed-events record keeps, so that a replay links to the original
+# delivery's trace (set per job run; each run is a task of its own).
+_ORIGIN: ContextVar[dict[str, str] | None] = ContextVar("ringez_trace_origin", default=None)
 
 
 @dataclass(slots=True)
@@ -111,8 +117,12 @@ class Dispatcher:
         received_ms: int | None = None,
         job_id: str | None = None,
         kind: str = WEBHOOK,
+        trace: dict[str, Any] | None = None,
     ) -> Outcome:
         """Run the handlers still owed for this job; raise arq `Retry` while tries remain.
+
+        `trace`: the envelope's trace fields (ringez_worker/jobs.py), if it has them; with
+        tracing on, the run is a CONSUMER span under the delivery's producer span.
 
         `kind` is the job envelope's (ringez_worker/jobs.py): a webhook delivery runs the
         handlers of its event, a task those registered with `router.on_task`.
@@ -124,12 +134,51 @@ class Dispatcher:
         record, its deletion) becomes a `Retry` too: arq deletes a job that raises a plain
         exception, and with it every sibling failure that was still owed a retry.
         """
+        args = (delivery_id, body, job_try, only, received_ms, job_id, kind)
+        if TRACING.on:
+            return await self._dispatch_traced(args, trace)
+        # A traced receiver's job on a worker without tracing still keeps its origin.
+        _ORIGIN.set(None if trace is None else (trace.get("tl") or trace.get("tc")))
+        return await self._dispatch_safely(*args)
+
+    async def _dispatch_traced(
+        self, args: tuple[Any, ...], trace: dict[str, Any] | None
+    ) -> Outcome:
+        from ringez_worker import tracing_otel
+
+        delivery_id, _, job_try, only, _, _, kind = args
+        queue = self.settings.queue_name
+        replay = only is not None
+        with tracing_otel.consumer_span(queue, delivery_id, kind, job_try, trace, replay):
+            _ORIGIN.set(tracing_otel.origin(trace))
+            try:
+                outcome = await self._dispatch_safely(*args)
+            except Retry:
+                raise  # the reason is on the span already
+            except BaseException as exc:
+                tracing_otel.fail(type(exc).__name__)
+                raise
+            if outcome.failed:
+                tracing_otel.fail("invalid_event" if "<parse>" in outcome.failed else "gave_up")
+            return outcome
+
+    async def _dispatch_safely(
+        self,
+        delivery_id: str,
+        body: str,
+        job_try: int,
+        only: list[str] | None,
+        received_ms: int | None,
+        job_id: str | None,
+        kind: str,
+    ) -> Outcome:
         try:
             return await self._dispatch(
                 delivery_id, body, job_try, only, received_ms, job_id or delivery_id, kind
             )
         except (RedisError, OSError) as exc:
             delay = self.backoff(job_try)
+            _note(outcome="retry", retry_reason=f"redis: {type(exc).__name__}")
             log.warning(
                 "dispatch.redis_error",
                 delivery_id=delivery_id,
@@ -174,11 +223,17 @@ class Dispatcher:
         )
         if received_ms is not None:
             bound.debug("dispatch.start", queued_ms=int(time.time() * 1000) - received_ms)
+        if TRACING.on:
+            from ringez_worker import tracing_otel
+
+            attributes = tracing_otel.delivery_attributes(delivery_id, event_name, data)
+            tracing_otel.trace.get_current_span().set_attributes(attributes)
 
         try:
             event = parse_event(payload, delivery_id)
         except InvalidEvent as exc:
             bound.error("event.invalid", error=str(exc))
+            _note(outcome="invalid_event")
             outcome.failed["<parse>"] = str(exc)
             await self._record_failure(delivery_id, body, {"<parse>": str(exc)}, job_try, kind)
             return outcome
@@ -223,6 +278,7 @@ class Dispatcher:
             if only is not None or job_try > 1:
                 # A retry or a replay that got through clears an earlier failure record.
                 await self.redis.hdel(self.keys.failed, delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            _note(outcome="ok")
             return outcome
         if waits and None not in waits:
             # Only the API's rate limit or Redis stood in the way: no try used up.
@@ -239,10 +295,12 @@ class Dispatcher:
                 defer_s=round(delay, 3),
             )
             self.metrics.retries.inc()
+            _note(outcome="retry", retry_reason="handler_failed", attempt=tries)
             await activity.count(self.redis, self.keys, "retried")
             await self._keep_done(delivery_id)
             raise Retry(defer=delay)
         self.metrics.gave_up.inc()
+        _note(outcome="gave_up", attempt=tries)
         await self._record_failure(delivery_id, body, outcome.failed, tries, kind)
         bound.error("dispatch.gave_up", failed=sorted(outcome.failed), attempts=tries)
         return outcome
@@ -266,6 +324,7 @@ class Dispatcher:
             bound.warning(
                 "dispatch.deferred", failed=sorted(outcome.failed), attempt=tries, defer_s=wait
             )
+            _note(outcome="deferred", retry_reason="rate_limited_or_redis", attempt=tries)
             await self._keep_done(delivery_id)
             raise Retry(defer=wait)
         total = await self.deferrals.total(job_id)
@@ -276,11 +335,26 @@ class Dispatcher:
         )
         failed = {name: f"{error} ({why})" for name, error in outcome.failed.items()}
         self.metrics.gave_up.inc()
+        _note(outcome="gave_up", attempt=tries)
         await self._record_failure(delivery_id, body, failed, tries, kind)
         bound.error("dispatch.gave_up", failed=sorted(failed), attempts=tries, why=why)
         return outcome
 
     async def _run(
+        self, handler: Handler, event: Any, ctx: Context
+    ) -> tuple[str, bool, float | None] | None:
+        if not TRACING.on:
+            return await self._run_handler(handler, event, ctx)
+        from ringez_worker import tracing_otel
+
+        # One INTERNAL span per handler run; its API requests and Redis calls are children.
+        with tracing_otel.handler_span(handler.name, ctx.job_try):
+            result = await self._run_handler(handler, event, ctx)
+            if result is not None:
+                tracing_otel.fail("handler_failed")
+            return result
+
+    async def _run_handler(
         self, handler: Handler, event: Any, ctx: Context
     ) -> tuple[str, bool, float | None] | None:
         """Run one handler; None on success, else (error, whether a retry could help, and
@@ -297,11 +371,13 @@ class Dispatcher:
             # Another attempt at this delivery owns the work: no completion record, so
             # that a retry of it still runs this handler if that attempt fails.
             self.metrics.handler_runs.labels(handler.name, "superseded").inc()
+            _note(outcome="superseded")
             log_.info("handler.superseded", reason=str(exc))
             return None
         except Exception as exc:  # one handler failing must not stop the others
             elapsed = time.perf_counter() - started
             self.metrics.handler_runs.labels(handler.name, "failed").inc()
+            _note(outcome="failed", error_type=type(exc).__name__)
             self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
             log_.warning(
                 "handler.failed",
@@ -331,11 +407,13 @@ class Dispatcher:
             # Not recorded, so a retry runs it again (at least once, as documented); a
             # failure of its own keeps the siblings' failures in this outcome.
             self.metrics.handler_runs.labels(handler.name, "unrecorded").inc()
+            _note(outcome="unrecorded")
             log_.warning("handler.completion_unrecorded", error=type(exc).__name__)
             wait = max(MIN_DEFER_SECONDS, self.backoff(ctx.job_try))
             return f"completion record not written: {type(exc).__name__}", True, wait
         elapsed = time.perf_counter() - started
         self.metrics.handler_runs.labels(handler.name, "ok").inc()
+        _note(outcome="ok")
         self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
         log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
         return None
@@ -384,10 +462,19 @@ class Dispatcher:
         return {n.decode() if isinstance(n, bytes) else n for n in names}
 
     async def abandon(
-        self, delivery_id: str, body: str, reason: str, attempts: int, kind: str = WEBHOOK
+        self,
+        delivery_id: str,
+        body: str,
+        reason: str,
+        attempts: int,
+        kind: str = WEBHOOK,
+        origin: dict[str, str] | None = None,
     ) -> None:
-        """Record a delivery arq gave up on outside our handlers (crash loops, timeouts)."""
+        """Record a delivery arq gave up on outside our handlers (crash loops, timeouts).
+
+        `origin`: the job's trace context, for a replay to link to."""
         self.metrics.gave_up.inc()
+        _ORIGIN.set(origin)
         await self._record_failure(delivery_id, body, {"<worker>": reason}, attempts, kind)
         log.error("dispatch.abandoned", delivery_id=delivery_id, reason=reason, attempts=attempts)
 
@@ -413,6 +500,9 @@ class Dispatcher:
         }
         if kind != WEBHOOK:
             record["kind"] = kind  # replay queues it again as the same kind of job
+        origin = _ORIGIN.get()
+        if origin:
+            record["trace"] = origin  # a replay's spans link to this trace
         await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; value: str
         await self._keep_done(delivery_id)
 
@@ -426,6 +516,14 @@ class Dispatcher:
             log.warning(
                 "dispatch.keep_done_failed", delivery_id=delivery_id, error=type(exc).__name__
             )
+
+
+def _note(**attributes: Any) -> None:
+    """`ringez.*` attributes on the current span (the process or the handler span)."""
+    if TRACING.on:
+        from ringez_worker import tracing_otel
+
+        tracing_otel.set_attributes(**attributes)
 
 
 def _payload(body: str) -> dict[str, Any]:

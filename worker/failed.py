@@ -116,7 +116,23 @@ async def replay(redis: Redis, keys: Keys, delivery_id: str, ttl_ms: int) -> str
     kind = record.get("kind", WEBHOOK)
     if kind not in KINDS:
         raise BadRecord(record["delivery_id"], "its job kind is not one this worker runs")
-    job = Job(kind, record["delivery_id"], record["body"], now, handlers or [REPLAY_PENDING])
+    # The record's trace context (tracing was on when it failed): the replay's spans
+    # link to the original delivery's trace.
+    origin = record.get("trace")
+    link = (
+        origin
+        if isinstance(origin, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in origin.items())
+        else None
+    )
+    job = Job(
+        kind,
+        record["delivery_id"],
+        record["body"],
+        now,
+        handlers or [REPLAY_PENDING],
+        trace_link=link,
+    )
     job_id = f"{record['delivery_id']}:replay:{now}"
     await enqueue_job(redis, keys, job, job_id=job_id, ttl_ms=ttl_ms)
     return job_id

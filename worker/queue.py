@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
 from ringez_worker.lua import Arg, LuaScript
+from ringez_worker.tracing import TRACING
 from ringez_worker.worker.activity import STATS_TTL_SECONDS
 
 # hiredis's stub types the command as a 1-tuple (`Tuple[str | int | ...]`) and leaves the
@@ -34,9 +35,10 @@ from ringez_worker.worker.activity import STATS_TTL_SECONDS
 _pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 # One delivery in a batch: (dedupe bucket, job key, dedupe field, bucket expiry ms, job,
-# score, delivery id), and the future its request waits on.
+# score, delivery id), the future its request waits on, and with tracing on its
+# producer span's context (the batch's span links it).
 _Item = tuple[str, str, bytes, int, bytes, int, str]
-_Pending = tuple[_Item, asyncio.Future[bool]]
+_Pending = tuple[_Item, asyncio.Future[bool], object]
 
 
 class NotReplicated(RedisError):
@@ -137,22 +139,54 @@ class EventQueue:
         """
         now = received_ms if received_ms is not None else int(time.time() * 1000)
         stamp = event_ms if event_ms is not None else now
+        if TRACING.on:
+            return await self._enqueue_traced(delivery_id, body, now, stamp)
+        return await self._submit(self._item(delivery_id, body, now, stamp), None)
+
+    def _item(
+        self,
+        delivery_id: str,
+        body: bytes,
+        now: int,
+        stamp: int,
+        trace_context: dict[str, str] | None = None,
+    ) -> _Item:
         bucket, field = self._keys.dedupe(delivery_id, stamp)
         expires_at = (stamp // BUCKET_MS + 1) * BUCKET_MS + self._dedupe_ttl
-        item: _Item = (
+        return (
             bucket,
             self._keys.job(delivery_id),
             field,
             expires_at,
-            job_bytes(delivery_id, body, now),
+            job_bytes(delivery_id, body, now, trace_context=trace_context),
             now,
             delivery_id,
         )
+
+    def _submit(self, item: _Item, span_context: object) -> asyncio.Future[bool]:
+        # Not a coroutine: on the hot path, one frame fewer per event.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        self._pending.append((item, future, span_context))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        return future
+
+    async def _enqueue_traced(self, delivery_id: str, body: bytes, now: int, stamp: int) -> bool:
+        from ringez_worker import tracing_otel
+
+        # The delivery's PRODUCER span, made here: the batch goes out as one packed
+        # command past redis-py, where its instrumentation never sees it.
+        span = tracing_otel.start_producer_span(self._keys.queue, delivery_id)
+        try:
+            item = self._item(delivery_id, body, now, stamp, tracing_otel.traceparent(span))
+            new = await self._submit(item, span.get_span_context())
+            span.set_attribute("ringez.duplicate", not new)
+            return new
+        except BaseException as exc:
+            tracing_otel.fail_span(span, type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     async def _flush(self) -> None:
         # Let every request that is already runnable join the first batch.
@@ -170,15 +204,29 @@ class EventQueue:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            results = await self._write(batch)
+            if TRACING.on:
+                results = await self._write_traced(batch)
+            else:
+                results = await self._write(batch)
         except Exception as exc:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(bool(result))
+
+    async def _write_traced(self, batch: list[_Pending]) -> list[object]:
+        from ringez_worker import tracing_otel
+
+        created = [c for _, _, c in batch if c is not None]
+        with tracing_otel.batch_span(self._keys.queue, created):  # type: ignore[arg-type]  # SpanContexts
+            try:
+                return await self._write(batch)
+            except Exception as exc:
+                tracing_otel.fail(type(exc).__name__)
+                raise
 
     async def _write(self, batch: list[_Pending]) -> list[object]:
         try:
@@ -203,7 +251,7 @@ class EventQueue:
             self._log_max,
             int(now * 1000) - self._log_retention_ms,
         ]
-        for (bucket, job_key, field, expires_at, job, score, delivery_id), _ in batch:
+        for (bucket, job_key, field, expires_at, job, score, delivery_id), _, _ in batch:
             keys += (bucket, job_key)
             argv += (field, expires_at, job, score, delivery_id)
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,

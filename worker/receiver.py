@@ -17,6 +17,7 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
+from ringez_worker.tracing import TRACING
 from ringez_worker.worker import sansio
 from ringez_worker.worker.activity import RejectCounter
 from ringez_worker.worker.health import add_health_routes
@@ -57,9 +58,34 @@ async def receive_webhook(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     metrics.in_flight += 1
     try:
+        if TRACING.on:
+            return await _receive_traced(request)
         return await _receive(request)
     finally:
         metrics.in_flight -= 1
+
+
+async def _receive_traced(request: web.Request) -> web.Response:
+    from ringez_worker import tracing_otel
+
+    settings = request.app[SETTINGS]
+    span, token = tracing_otel.start_server_span(
+        request.method,
+        settings.webhook_path,
+        request.path,
+        request.scheme,
+        request.headers,
+        settings.tracing_trust_traceparent,
+    )
+    try:
+        response = await _receive(request)
+        tracing_otel.server_status(span, response.status)
+        return response
+    except BaseException as exc:
+        tracing_otel.fail_span(span, type(exc).__name__)
+        raise
+    finally:
+        tracing_otel.finish(span, token)
 
 
 async def _receive(request: web.Request) -> web.Response:
@@ -94,6 +120,12 @@ async def _receive(request: web.Request) -> web.Response:
             return _reject(request, exc.status, exc.code, exc.message)
         return _reject(request, exc.status, exc.code, exc.message, delivery_id=exc.delivery_id)
     delivery_id, env = delivery.id, delivery.envelope
+    if TRACING.on:
+        from ringez_worker import tracing_otel
+
+        data_ = env.payload["data"]
+        span = tracing_otel.trace.get_current_span()
+        span.set_attributes(tracing_otel.delivery_attributes(delivery_id, env.event, data_))
 
     started = time.perf_counter()
     try:

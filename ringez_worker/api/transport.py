@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,6 +27,7 @@ from ringez_worker.api.priority import Priority
 from ringez_worker.api.ratelimit import RateLimiter
 from ringez_worker.api.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from ringez_worker.logs import REDACTED, REDACTOR, get_logger
+from ringez_worker.tracing import TRACING
 
 log = get_logger("ringez.api")
 
@@ -36,6 +38,7 @@ _MAX_ERROR_TEXT = 2048
 # buffered whole (a 48 MiB answer took a worker from 68 to 162 MiB).
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _CHUNK = 64 * 1024
+_NO_SPAN = contextlib.nullcontext()
 
 
 class HttpTransport:
@@ -123,86 +126,108 @@ class HttpTransport:
         for attempt in range(1, policy.max_attempts + 1):
             if self.rate_limiter is not None:
                 await self.rate_limiter.acquire(priority)
-            started = time.perf_counter()
-            try:
-                async with self._get_session().request(
-                    method,
-                    url,
-                    data=data,
-                    params=query,
-                    headers=all_headers,
-                    timeout=self._timeout,
-                    # A redirect would carry the bearer token to wherever it points.
-                    allow_redirects=False,
-                ) as resp:
-                    raw = await self._read_capped(resp, method, path)
-                    status = resp.status
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            except _TRANSPORT_ERRORS as exc:
-                duration_ms = _ms(started)
-                trace.record(method, path, 0, duration_ms)
-                unsent = isinstance(exc, aiohttp.ClientConnectorError)
-                last = attempt == policy.max_attempts or (not idempotent and not unsent)
-                pause = 0.0 if last else policy.backoff(attempt)
-                log.warning(
-                    "ringez.request.failed",
-                    method=method,
-                    path=path,
-                    attempt=attempt,
-                    error=type(exc).__name__,
-                    duration_ms=duration_ms,
-                    retry_in_s=None if last else round(pause, 3),
-                )
-                if last:
-                    unavailable = RingezUnavailable(
-                        f"no answer from {method} {path} after {attempt} attempts "
-                        f"({type(exc).__name__})",
+            # Tracing on: a CLIENT span per attempt, its traceparent sent along.
+            with _attempt_span(method, url, path, attempt) as span:
+                send_headers = all_headers if span is None else _traced(all_headers)
+                started = time.perf_counter()
+                try:
+                    async with self._get_session().request(
+                        method,
+                        url,
+                        data=data,
+                        params=query,
+                        headers=send_headers,
+                        timeout=self._timeout,
+                        # A redirect would carry the bearer token to wherever it points.
+                        allow_redirects=False,
+                    ) as resp:
+                        raw = await self._read_capped(resp, method, path)
+                        status = resp.status
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                except _TRANSPORT_ERRORS as exc:
+                    duration_ms = _ms(started)
+                    trace.record(method, path, 0, duration_ms)
+                    unsent = isinstance(exc, aiohttp.ClientConnectorError)
+                    last = attempt == policy.max_attempts or (not idempotent and not unsent)
+                    pause = 0.0 if last else policy.backoff(attempt)
+                    log.warning(
+                        "ringez.request.failed",
                         method=method,
                         path=path,
+                        attempt=attempt,
+                        error=type(exc).__name__,
+                        duration_ms=duration_ms,
+                        retry_in_s=None if last else round(pause, 3),
                     )
-                    unavailable.maybe_executed = not unsent
-                    raise unavailable from exc
-                await asyncio.sleep(pause)
-                continue
+                    if last:
+                        if span is not None:
+                            _result(span, None, type(exc).__name__, None)
+                        unavailable = RingezUnavailable(
+                            f"no answer from {method} {path} after {attempt} attempts "
+                            f"({type(exc).__name__})",
+                            method=method,
+                            path=path,
+                        )
+                        unavailable.maybe_executed = not unsent
+                        raise unavailable from exc
+                    if span is not None:
+                        _result(span, None, type(exc).__name__, "no_answer")
+                    wait = pause
+                else:
+                    duration_ms = _ms(started)
+                    if 200 <= status < 300:
+                        log.info(
+                            "ringez.request",
+                            method=method,
+                            path=path,
+                            status=status,
+                            attempt=attempt,
+                            duration_ms=duration_ms,
+                        )
+                        if span is not None:
+                            _result(span, status, None, None)
+                        answer = self._decode_ok(raw, status, method, path)
+                        trace.record(method, path, status, duration_ms, answer)
+                        return answer
 
-            duration_ms = _ms(started)
-            if 200 <= status < 300:
-                log.info(
-                    "ringez.request",
-                    method=method,
-                    path=path,
-                    status=status,
-                    attempt=attempt,
-                    duration_ms=duration_ms,
-                )
-                answer = self._decode_ok(raw, status, method, path)
-                trace.record(method, path, status, duration_ms, answer)
-                return answer
-
-            trace.record(method, path, status, duration_ms)
-            error = error_for_status(
-                status, self._decode_error(raw), method=method, path=path, retry_after=retry_after
-            )
-            if isinstance(error, RateLimited) and (retry_after or 0) > self.retry.max_retry_after:
-                await self._pause_account(retry_after, f"{status} from {method} {path}")
-            delay = self._retry_delay(error, status, attempt, retry_after, policy.max_attempts)
-            if status >= 500 and status not in NOT_EXECUTED_STATUSES:
-                error.maybe_executed = True
-                if not idempotent:
-                    delay = None
-            log.warning(
-                "ringez.request",
-                method=method,
-                path=path,
-                status=status,
-                attempt=attempt,
-                duration_ms=duration_ms,
-                error=type(error).__name__,
-                retry_in_s=None if delay is None else round(delay, 3),
-            )
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
+                    trace.record(method, path, status, duration_ms)
+                    error = error_for_status(
+                        status,
+                        self._decode_error(raw),
+                        method=method,
+                        path=path,
+                        retry_after=retry_after,
+                    )
+                    if (
+                        isinstance(error, RateLimited)
+                        and (retry_after or 0) > self.retry.max_retry_after
+                    ):
+                        await self._pause_account(retry_after, f"{status} from {method} {path}")
+                    delay = self._retry_delay(
+                        error, status, attempt, retry_after, policy.max_attempts
+                    )
+                    if status >= 500 and status not in NOT_EXECUTED_STATUSES:
+                        error.maybe_executed = True
+                        if not idempotent:
+                            delay = None
+                    log.warning(
+                        "ringez.request",
+                        method=method,
+                        path=path,
+                        status=status,
+                        attempt=attempt,
+                        duration_ms=duration_ms,
+                        error=type(error).__name__,
+                        retry_in_s=None if delay is None else round(delay, 3),
+                    )
+                    if span is not None:
+                        reason = None if delay is None else f"status_{status}"
+                        _result(span, status, type(error).__name__, reason)
+                    if delay is None:
+                        raise error
+                    wait = delay
+            # Outside the span: the attempt is over, the pause is not part of it.
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _pause_account(self, seconds: float | None, reason: str) -> None:
@@ -297,6 +322,29 @@ class HttpTransport:
                 path=path,
             )
         return body
+
+
+def _attempt_span(method: str, url: str, path: str, attempt: int) -> Any:
+    """A context manager: the attempt's CLIENT span with tracing on, else None (no cost)."""
+    if not TRACING.on:
+        return _NO_SPAN
+    from ringez_worker import tracing_otel
+
+    return tracing_otel.client_span(method, url, path, attempt)
+
+
+def _traced(headers: dict[str, str]) -> dict[str, str]:
+    from ringez_worker import tracing_otel
+
+    out = dict(headers)
+    tracing_otel.inject(out)
+    return out
+
+
+def _result(span: Any, status: int | None, error: str | None, retry_reason: str | None) -> None:
+    from ringez_worker import tracing_otel
+
+    tracing_otel.client_result(span, status, error, retry_reason)
 
 
 def _query(params: Mapping[str, Any] | None) -> dict[str, str] | None:
