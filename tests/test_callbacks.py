@@ -18,6 +18,7 @@ from ringez_worker.sandbox.config import BUSY
 from ringez_worker.worker.receiver import create_app
 from tests.agent_stack import agent_stack
 from tests.conftest import make_settings, wait_for
+from tests.processes import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -240,3 +241,30 @@ async def test_support_and_escalation_leave_callback_calls_alone(redis_url, redi
         await wait_for(drained, deadline_s=20, what="every job run")
         assert not await redis_client.exists(f"rz:summary:{call_id}")
         assert not await redis_client.exists(f"rz:call:{call_id}:opened")
+
+
+def test_the_cli_adds_lists_cancels_and_loads_the_roster(redis_url, tmp_path):
+    env = {"REDIS_URL": redis_url}
+    path = tmp_path / "roster.yaml"
+    path.write_text("- {id: ana, number: '+14155550900', max_concurrent: 2}\n")
+    assert run_cli("callbacks", "roster", "load", str(path), env=env).stdout == "1 agents loaded\n"
+    assert "unchanged" in run_cli("callbacks", "roster", "load", str(path), env=env).stdout
+    assert "load=0/2" in run_cli("callbacks", "agents", env=env).stdout
+    added = run_cli("callbacks", "add", "--customer", "c1", "--phone", "+1 415 555 0123", env=env)
+    assert added.returncode == 0, added.stderr
+    rid = added.stdout.strip()
+    assert rid in run_cli("callbacks", "list", env=env).stdout
+    assert "+14155550123" in run_cli("callbacks", "show", rid, env=env).stdout
+    assert run_cli("callbacks", "cancel", rid, env=env).returncode == 0
+    again = run_cli("callbacks", "cancel", rid, env=env)
+    assert again.returncode == 2 and "is cancelled" in again.stderr
+    bad = run_cli("callbacks", "add", "--customer", "c2", "--phone", "12345", env=env)
+    lines = bad.stderr.strip().splitlines()
+    assert (
+        bad.returncode == 2
+        and len(lines) == 1
+        and lines[0].startswith("ringez-worker callbacks: phone")
+    )
+    path.write_text("- {id: x, number: nope}\n")
+    broken = run_cli("callbacks", "roster", "load", str(path), env=env)
+    assert broken.returncode == 2 and "agent 1: number" in broken.stderr
