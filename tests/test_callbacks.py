@@ -170,7 +170,7 @@ async def test_priority_order_one_agent_and_every_call_connected(redis_url, redi
         assert len(transfers) == 4
         assert {t["json"]["parameters"]["transfer_to"] for t in transfers} == {"+14155550900"}
         assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
-        assert_never_over(stack, {"+14155550900": 1})
+        assert_never_over(stack.sandbox.sandbox.state, {"+14155550900": 1})
 
 
 async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nobody(
@@ -206,10 +206,10 @@ async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nob
         assert await redis_client.hget(f"rz:callback:{french['request_id']}", "state") == b"queued"
 
 
-def assert_never_over(stack: Any, limits: dict[str, int]) -> None:
+def assert_never_over(state: Any, limits: dict[str, int]) -> None:
     """From the sandbox's own calls: how many each agent number was on at once."""
     events = []
-    for call in stack.sandbox.sandbox.state.calls.values():
+    for call in state.calls.values():
         if call.transferred_to and call.answered_at is not None:
             events.append((call.answered_at, 1, call.from_number))
             events.append((call.ended_at or float("inf"), -1, call.from_number))
