@@ -27,6 +27,7 @@ from ringez_worker.worker.metrics import (
     WorkerMetrics,
 )
 from ringez_worker.worker.reports import report_settings, start_reports, stop_reports
+from ringez_worker.worker.retention import start_sweeper, stop_sweeper
 from ringez_worker.worker.routes import build_router
 
 log = get_logger("ringez.worker")
@@ -99,6 +100,7 @@ def worker_settings(
         if serve_http:
             ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         ctx["reports"] = start_reports(settings, reports, ctx)
+        ctx["sweeper"] = start_sweeper(settings, ctx["redis"], keys)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -107,6 +109,7 @@ def worker_settings(
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await stop_reports(ctx.get("reports"))
+        await stop_sweeper(ctx.get("sweeper"))
         if ctx.get("http") is not None:
             await ctx["http"].cleanup()
         if ctx.get("ringez") is not None:

@@ -26,6 +26,7 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.worker import activity
+from ringez_worker.worker import failed as failed_record
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 
@@ -212,7 +213,7 @@ class Dispatcher:
         if not outcome.failed:
             if only is not None or job_try > 1:
                 # A retry or a replay that got through clears an earlier failure record.
-                await self.redis.hdel(self.keys.failed, delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+                await failed_record.forget(self.redis, self.keys, delivery_id)
             return outcome
         if waits and None not in waits:
             # Only the API's rate limit or Redis stood in the way: no try used up.
@@ -403,7 +404,14 @@ class Dispatcher:
         }
         if kind != WEBHOOK:
             record["kind"] = kind  # replay queues it again as the same kind of job
-        await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; value: str
+        await failed_record.store(
+            self.redis,
+            self.keys,
+            delivery_id,
+            orjson.dumps(record),
+            retention_seconds=self.settings.failed_retention_seconds,
+            max_records=self.settings.failed_max_records,
+        )
         await self._keep_done(delivery_id)
 
     async def _keep_done(self, delivery_id: str) -> None:
