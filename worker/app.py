@@ -83,7 +83,12 @@ def worker_settings(
     async def on_startup(ctx: dict[str, Any]) -> None:
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
-            configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+            configure_logging(
+                settings.log_level,
+                settings.log_format,
+                settings.secret_values(),
+                phone_numbers=settings.log_phone_numbers,
+            )
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         metrics = shared_metrics if shared_metrics is not None else WorkerMetrics()
         ringez = (

@@ -38,7 +38,12 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 def _setup(settings: Settings, fmt: str | None = None) -> None:
-    configure_logging(settings.log_level, fmt or settings.log_format, _secrets(settings))
+    configure_logging(
+        settings.log_level,
+        fmt or settings.log_format,
+        _secrets(settings),
+        phone_numbers=settings.log_phone_numbers,
+    )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
