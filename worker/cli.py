@@ -333,6 +333,41 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     return _against_redis(_failed(settings, args))
 
 
+async def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.erasure import Subject
+    from ringez_worker.keys import Keys
+    from ringez_worker.redis_conn import redis_from_settings
+    from ringez_worker.worker.erase import erase
+
+    subject = Subject(
+        calls=set(args.call or ()), sessions=set(args.session or ()), phones=set(args.phone or ())
+    )
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    redis = redis_from_settings(settings)
+    try:
+        removed = await erase(redis, keys, subject)
+    finally:
+        await redis.aclose()
+    width = max(len(name) for name in removed)
+    for name, count in removed.items():
+        print(f"{name:<{width}}  {count}")
+    print(f"{'total':<{width}}  {sum(removed.values())}")
+    return 0
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.agents.phone import is_e164
+
+    if not (args.call or args.session or args.phone):
+        print("name at least one --call, --session or --phone", file=sys.stderr)
+        return 2
+    bad = [p for p in args.phone or () if not is_e164(p)]
+    if bad:
+        print("--phone must be an E.164 number such as +14155550100", file=sys.stderr)
+        return 2
+    return _against_redis(_erase(settings, args))
+
+
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from ringez_worker.report.command import main as report_main
 
@@ -388,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=".", help="directory for the files (default: here)")
     report.add_argument("--latest", action="store_true", help="the newest report kept in Redis")
     report.set_defaults(run=cmd_report)
+
+    erase = sub.add_parser(
+        "erase", help="remove a call's, a session's or a phone number's data everywhere"
+    )
+    erase.add_argument("--call", action="append", help="a call id (repeat for more)")
+    erase.add_argument("--session", action="append", help="a session id: it and its calls")
+    erase.add_argument("--phone", action="append", help="an E.164 number: records holding it")
+    erase.set_defaults(run=cmd_erase)
 
     failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
     actions = failed.add_subparsers(dest="action", required=True)

@@ -102,7 +102,7 @@ async def forget(redis: Redis, keys: Keys, *fields: bytes | str) -> int:
     if not fields:
         return 0
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.failed, *fields)
+        pipe.hdel(keys.failed, *fields)  # type: ignore[arg-type]  # redis-py: fields as str only
         pipe.zrem(keys.failed_age, *fields)
         removed, _ = await pipe.execute()
     return int(removed)
