@@ -25,6 +25,7 @@ from ringez_worker.jobs import REPLAY_PENDING, TASK, WEBHOOK
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
+from ringez_worker.transcripts import redact_body
 from ringez_worker.worker import activity
 from ringez_worker.worker import failed as failed_record
 from ringez_worker.worker.deferral import Deferrals
@@ -391,6 +392,9 @@ class Dispatcher:
         kind: str = WEBHOOK,
     ) -> None:
         await activity.count(self.redis, self.keys, "failed")
+        if self.settings.privacy_redact_transcripts:
+            # Kept for replay, but not with what the caller said: a replay runs without it.
+            body = redact_body(body)
         now = int(time.time() * 1000)
         previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         record = {
