@@ -26,6 +26,8 @@ class Subject:
     sessions: set[str] = field(default_factory=set)
     phones: set[str] = field(default_factory=set)
     deliveries: set[str] = field(default_factory=set)
+    # Calls whose events held one of `phones`: reported, not erased (that is `--call`).
+    calls_with_phone: set[str] = field(default_factory=set)
 
     def size(self) -> int:
         return len(self.calls) + len(self.sessions) + len(self.phones) + len(self.deliveries)
@@ -37,8 +39,13 @@ class Subject:
             return True
         data = _data(body)
         call, session = data.get("call_id"), data.get("session_id")
-        if call in self.calls or (self.phones and any(p in body for p in self.phones)):
+        if call in self.calls:
             self.deliveries.add(delivery_id)
+            return True
+        if self.phones and any(p in body for p in self.phones):
+            self.deliveries.add(delivery_id)
+            if isinstance(call, str) and call:
+                self.calls_with_phone.add(call)
             return True
         if session in self.sessions:
             self.deliveries.add(delivery_id)

@@ -172,7 +172,10 @@ async def test_erase_by_phone_removes_only_the_records_holding_it(
 
         await wait_for(recorded, what="two failed records")
 
-    removed = erase(redis_url, "--phone", "+14155550123")
+    done = run_cli("erase", "--phone", "+14155550123", env={"REDIS_URL": redis_url})
+    assert done.returncode == 0
+    assert "ringez-worker erase --call call_0" in done.stderr  # the call it belonged to
+    removed = {n.strip(): int(c) for n, c in (r.rsplit(None, 1) for r in done.stdout.splitlines())}
     assert removed["failed events"] == 1 and removed["delivery log"] >= 1
     after = await dump(redis_client)
     assert mentions(after, "+14155550123") == set()

@@ -352,6 +352,11 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> int:
     for name, count in removed.items():
         print(f"{name:<{width}}  {count}")
     print(f"{'total':<{width}}  {sum(removed.values())}")
+    if subject.calls_with_phone - subject.calls:
+        # The number's records are gone; the calls' other data (summaries, agent state)
+        # is the caller's too, and erased by call id.
+        others = " ".join(f"--call {c}" for c in sorted(subject.calls_with_phone))
+        print(f"calls that had this number: ringez-worker erase {others}", file=sys.stderr)
     return 0
 
 
