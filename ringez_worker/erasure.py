@@ -7,6 +7,7 @@ Base layer: imports nothing of the service's but the key names' module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,7 +43,7 @@ class Subject:
         if call in self.calls:
             self.deliveries.add(delivery_id)
             return True
-        if self.phones and any(p in body for p in self.phones):
+        if self.phones and self._phone_in(body):
             self.deliveries.add(delivery_id)
             if isinstance(call, str) and call:
                 self.calls_with_phone.add(call)
@@ -52,6 +53,24 @@ class Subject:
             if isinstance(call, str) and call:
                 self.calls.add(call)
             return True
+        return False
+
+    def _phone_in(self, text: str) -> bool:
+        # Not inside a longer number: +1415555012 must not match +14155550123.
+        return any(re.search(re.escape(p) + r"(?!\d)", text) for p in self.phones if p in text)
+
+    def names_call(self, text: bytes) -> bool:
+        """True when `text` (an error, API paths) names one of the calls as a path
+        segment or a quoted value, e.g. `/calls/<call>/actions` or `"<call>"`."""
+        for call in self.calls:
+            needle = call.encode()
+            for mark in (b"/", b'"', b" "):
+                at = text.find(mark + needle)
+                while at != -1:
+                    end = at + 1 + len(needle)
+                    if end == len(text) or text[end : end + 1] in (b"/", b'"', b" ", b"?"):
+                        return True
+                    at = text.find(mark + needle, at + 1)
         return False
 
 

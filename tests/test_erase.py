@@ -69,13 +69,15 @@ def erase(redis_url: str, *args: str) -> dict[str, int]:
 
 async def test_erase_one_call_and_one_session_leaves_the_others(redis_url, redis_client):
     keys = Keys()
-    async with agent_stack(redis_url) as stack:
+    # The quality monitor too (opt-in): its record, its checks' runs in the delivery log.
+    agents = {"agents_enabled": "support,escalation,recharge,quality", "quality_poll_seconds": 0.05}
+    async with agent_stack(redis_url, agent_config=agents) as stack:
         sb = stack.sandbox.sandbox
         runs = {}
         for label, scenario in (
-            ("call", "calm"),  # erased by --call
+            ("call", "poor_quality"),  # erased by --call
             ("session", "low_balance"),  # erased by --session: its call and its charge
-            ("other_call", "calm"),
+            ("other_call", "poor_quality"),
             ("other_session", "low_balance"),
         ):
             runs[label] = start_scenario(sb, scenario, stack.receiver_url)
@@ -125,6 +127,7 @@ async def test_erase_one_call_and_one_session_leaves_the_others(redis_url, redis
     families = {k.split(b":")[1] for k, _ in mentions(before, *gone) if k.startswith(b"rz:")}
     assert {b"log", b"failed", b"call", b"summary", b"recharge"} <= families
     assert any(k.startswith(b"arq:job:") for k, _ in mentions(before, gone_call))
+    assert any(b":quality:record" in k for k, _ in mentions(before, gone_call))
     kept_before = mentions(before, *kept)
 
     by_call = erase(redis_url, "--call", gone_call)

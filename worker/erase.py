@@ -58,6 +58,12 @@ class DeliveryLog:
                         found.append(entry_id)
                 elif text(fields.get(b"d", b"")) in subject.deliveries:
                     found.append(entry_id)
+                elif kind == b"h" and subject.names_call(
+                    fields.get(b"a", b"") + b" " + fields.get(b"e", b"")
+                ):
+                    # A task's run (a quality check, say) is keyed by the task, not the
+                    # call, but its API requests and errors name the call.
+                    found.append(entry_id)
             if len(page) < 1000:
                 return found
             low = "(" + text(page[-1][0])
