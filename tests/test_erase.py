@@ -186,3 +186,24 @@ async def test_erase_by_phone_removes_only_the_records_holding_it(
     assert set(erase(redis_url, "--phone", "+14155550123").values()) == {0}
     bad = run_cli("erase", "--phone", "4155550123", env={"REDIS_URL": redis_url})
     assert bad.returncode == 2 and "E.164" in bad.stderr
+
+
+async def test_ids_are_literal_in_patterns_and_a_session_named_charge_stays_its_own(
+    redis_client,
+):
+    from ringez_worker.erasure import Subject
+    from ringez_worker.worker.erase import erase as erase_subject
+
+    keys = Keys()
+    for name in ("rz:call:a*:ended", "rz:call:ab:ended", "rz:summary:a*", "rz:summary:ab"):
+        await redis_client.set(name, "{}")
+    await redis_client.set("rz:recharge:charge:recharge:sess_x:0", '{"session_id": "sess_x"}')
+    await redis_client.set("rz:recharge:charge:episode", "1")  # session "charge"'s episode
+
+    removed = await erase_subject(redis_client, keys, Subject(calls={"a*"}))
+    assert removed["per-call agent state"] == 1 and removed["call summaries"] == 1
+    assert await redis_client.exists("rz:call:ab:ended", "rz:summary:ab") == 2
+
+    removed = await erase_subject(redis_client, keys, Subject(sessions={"charge"}))
+    assert removed["recharge state"] == 1 and removed["charge records"] == 0
+    assert await redis_client.exists("rz:recharge:charge:recharge:sess_x:0")
