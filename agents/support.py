@@ -13,6 +13,7 @@ from ringez_worker.agents.escalation import EscalationAgent
 from ringez_worker.agents.state import CallKeys, append_once, before_own, write_summary
 from ringez_worker.handlers import CallAnswered, Context, Event, Router, TranscriptionUpdated
 from ringez_worker.handlers.router import IntentFunc
+from ringez_worker.transcripts import REDACTED_TEXT
 
 
 class SupportAgent:
@@ -56,11 +57,14 @@ class SupportAgent:
         data = event.data
         keys = CallKeys(ctx.settings.key_prefix, data.call_id)
         ttl = self.config.support_state_ttl_seconds
+        # PRIVACY_REDACT_TRANSCRIPTS: the text is used here, never written down.
+        redact = ctx.settings.privacy_redact_transcripts
         if not data.is_final:
             # Interim text only updates the live line; intents are read from final segments.
-            await ctx.redis.set(keys.live, data.text, ex=ttl)
+            await ctx.redis.set(keys.live, REDACTED_TEXT if redact else data.text, ex=ttl)
             return
-        segment = {"speaker": data.speaker, "text": data.text, "at": time.time()}
+        said = REDACTED_TEXT if redact else data.text
+        segment = {"speaker": data.speaker, "text": said, "at": time.time()}
         did = ctx.delivery_id
         async with ctx.redis.pipeline(transaction=False) as pipe:
             # Once per delivery: a retry after a failed API call below appends nothing.

@@ -42,6 +42,17 @@ class Keys:
         return f"{self.prefix}:failed"
 
     @property
+    def failed_age(self) -> str:
+        """The failed records' delivery ids scored by their last failure (epoch ms): the
+        order they leave in (retention, cap)."""
+        return f"{self.prefix}:failed:age"
+
+    @property
+    def failed_evicted(self) -> str:
+        """A hash of counters: failed records removed by `retention` and by `cap`."""
+        return f"{self.prefix}:failed:evicted"
+
+    @property
     def ready_probe(self) -> str:
         return f"{self.prefix}:ready-probe"
 

@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     # POST /callbacks on the web process (the callback queue): off while unset.
     callbacks_token: SecretStr | None = None
 
+    # The failed-events record (worker/failed.py): a record leaves this long after its last
+    # failure, and the oldest leave first beyond this many (both counted in /metrics).
+    failed_retention_seconds: int = Field(7 * 24 * 3600, ge=60)
+    failed_max_records: int = Field(10_000, ge=1)
+
+    # Privacy (README "Privacy"): keep transcript text out of every stored record (the
+    # handlers still get it); log phone numbers whole instead of their last four digits.
+    privacy_redact_transcripts: bool = False
+    log_phone_numbers: bool = False
+
     # Extension: extra handler modules, comma-separated.
     ringez_handlers: str = ""
     load_entry_points: bool = True

@@ -247,5 +247,11 @@ async def _report(settings: Settings, sandbox: Any, runs: list[Any]) -> None:
             f"RINGEZ_API_KEY={key if key == DEV_API_KEY else '<your key>'} "
             f"ringez-worker report --date {day} --out ringez-report"
         )
+        if runs:
+            # What a caller's request to be forgotten takes (README, "Privacy").
+            _say(
+                f"  erase: REDIS_URL={redis_url} ringez-worker erase --call {runs[0].call_id}"
+                f"  (or --session {runs[0].session_id})"
+            )
     finally:
         await redis.aclose()

@@ -280,3 +280,39 @@ async def test_a_monitored_calls_page_shows_its_quality_record(redis_url: str, b
     assert "breach: warning\nreport_issue" in panel, panel
     assert "breach: critical\nswitch_codec" in panel, panel
     assert "min 2.1" in panel, panel
+
+
+async def test_a_call_erased_from_its_page_is_gone_and_the_other_stays(
+    redis_url: str, browser: Browser
+):
+    async with agent_stack(redis_url, console_token=TOKEN) as stack:
+        redis = Redis.from_url(redis_url)
+        runs = [start_scenario(stack.sandbox.sandbox, "calm", stack.receiver_url) for _ in "ab"]
+        for run in runs:
+            await run.task
+        for run in runs:
+            await wait_for(
+                lambda run=run: redis.exists(f"rz:summary:{run.call_id}"), 30, what="summaries"
+            )
+        await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+        gone, kept = runs[0].call_id, runs[1].call_id
+        try:
+            async with console(stack.settings) as base:
+                await login(browser, base, f"/calls/{gone}")
+                await browser.click("#erase-call")
+                assert await browser.text("#subject") == gone  # a confirmation, nothing done
+                assert await redis.exists(f"rz:summary:{gone}")
+                await browser.screenshot("erase-confirm")
+                await browser.click("#confirm")
+                notice = await browser.text("#notice")
+                assert notice.startswith(f"Erased call {gone}:") and "0 removed" not in notice
+                assert await browser.text('[data-place="call summaries"]') == "1"
+                await browser.screenshot("erase-done")
+                assert not await redis.exists(f"rz:summary:{gone}")
+                assert await redis.exists(f"rz:summary:{kept}")
+                await browser.get(f"{base}/calls/{gone}")
+                assert "no such call" in await browser.text("body")
+                await browser.get(f"{base}/calls/{kept}")
+                assert await browser.text("h1") == f"Call {kept}"
+        finally:
+            await redis.aclose()

@@ -55,6 +55,14 @@ def test_dev_plays_the_scenarios_through_the_agents_and_stays_up():
         assert 'data-metric="transfers">1<' in page
         assert 'data-metric="recharges">1<' in page
 
+        # So does the erase line: the first call's data goes, and says how much.
+        erase_line = proc.wait_for_line("  erase: ").split("  erase: ", 1)[1]
+        env_word, _, *erase_args = erase_line.split("  (or", 1)[0].split()
+        assert erase_args[:2] == ["erase", "--call"], erase_args
+        erased = run_cli(*erase_args, env=dict([env_word.split("=", 1)]), timeout=60)
+        assert erased.returncode == 0, erased.stderr
+        assert int(erased.stdout.splitlines()[-1].split()[-1]) > 0, erased.stdout
+
         wait_for_port(port)
         sent = run_cli(
             "send",

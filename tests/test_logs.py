@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import orjson
@@ -46,3 +47,23 @@ async def test_json_lines_reach_the_file_without_secrets(tmp_path, restore_loggi
     assert ours["api_key"] == REDACTED
     assert stdlib["event"] == f"stdlib line {REDACTED}"
     assert SECRET not in path.read_text()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_phone_numbers_are_masked_unless_asked_for(restore_logging, keep):
+    stream = io.StringIO()  # no file descriptor: written at once, not through the buffer
+    configure_logging("INFO", "json", stream=stream, phone_numbers=keep)
+    log = get_logger("ringez.test")
+    log.info("call.placed", to="+14155550100", nested={"numbers": ["tel:+442071838750"]})
+    logging.getLogger("arq.jobs").warning("stdlib line to +14155550100")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    text = "\n".join(lines)
+    if keep:
+        assert "+14155550100" in text and "+442071838750" in text
+    else:
+        assert "5550100" not in text and "442071838750" not in text
+        ours = orjson.loads(lines[0])
+        assert ours["to"] == "+***0100"
+        assert ours["nested"] == {"numbers": ["tel:+***8750"]}
+        assert "+***0100" in lines[1]

@@ -33,6 +33,7 @@ from ringez_worker.worker.reports import (
     start_reports,
     stop_reports,
 )
+from ringez_worker.worker.retention import start_sweeper, stop_sweeper
 from ringez_worker.worker.routes import build_router
 
 log = get_logger("ringez.worker")
@@ -100,7 +101,12 @@ def worker_settings(
         if configure_logs:
             # Under the plain `arq` command, which set up its own logging after the import.
             setup_from_env()
-            configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+            configure_logging(
+                settings.log_level,
+                settings.log_format,
+                settings.secret_values(),
+                phone_numbers=settings.log_phone_numbers,
+            )
         keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
         metrics = shared_metrics
         ringez = (
@@ -117,6 +123,7 @@ def worker_settings(
         if serve_http:
             ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
         ctx["reports"] = start_reports(settings, reports, ctx)
+        ctx["sweeper"] = start_sweeper(settings, ctx["redis"], keys)
         log.info(
             "worker.started",
             queue=settings.queue_name,
@@ -125,6 +132,7 @@ def worker_settings(
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await stop_reports(ctx.get("reports"))
+        await stop_sweeper(ctx.get("sweeper"))
         if ctx.get("http") is not None:
             await ctx["http"].cleanup()
         if ctx.get("ringez") is not None:

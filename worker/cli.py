@@ -41,7 +41,12 @@ def _secrets(settings: Settings) -> list[str]:
 def _setup(settings: Settings, fmt: str | None = None) -> None:
     # Tracing first: the log processors that add trace ids are chosen by configure_logging.
     setup_from_env()
-    configure_logging(settings.log_level, fmt or settings.log_format, _secrets(settings))
+    configure_logging(
+        settings.log_level,
+        fmt or settings.log_format,
+        _secrets(settings),
+        phone_numbers=settings.log_phone_numbers,
+    )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -331,6 +336,46 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     return _against_redis(_failed(settings, args))
 
 
+async def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.erasure import Subject
+    from ringez_worker.keys import Keys
+    from ringez_worker.redis_conn import redis_from_settings
+    from ringez_worker.worker.erase import erase
+
+    subject = Subject(
+        calls=set(args.call or ()), sessions=set(args.session or ()), phones=set(args.phone or ())
+    )
+    keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+    redis = redis_from_settings(settings)
+    try:
+        removed = await erase(redis, keys, subject)
+    finally:
+        await redis.aclose()
+    width = max(len(name) for name in removed)
+    for name, count in removed.items():
+        print(f"{name:<{width}}  {count}")
+    print(f"{'total':<{width}}  {sum(removed.values())}")
+    if subject.calls_with_phone - subject.calls:
+        # The number's records are gone; the calls' other data (summaries, agent state)
+        # is the caller's too, and erased by call id.
+        others = " ".join(f"--call {c}" for c in sorted(subject.calls_with_phone))
+        print(f"calls that had this number: ringez-worker erase {others}", file=sys.stderr)
+    return 0
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    from ringez_worker.agents.phone import is_e164
+
+    if not (args.call or args.session or args.phone):
+        print("name at least one --call, --session or --phone", file=sys.stderr)
+        return 2
+    bad = [p for p in args.phone or () if not is_e164(p)]
+    if bad:
+        print("--phone must be an E.164 number such as +14155550100", file=sys.stderr)
+        return 2
+    return _against_redis(_erase(settings, args))
+
+
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from ringez_worker.report.command import main as report_main
 
@@ -386,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=".", help="directory for the files (default: here)")
     report.add_argument("--latest", action="store_true", help="the newest report kept in Redis")
     report.set_defaults(run=cmd_report)
+
+    erase = sub.add_parser(
+        "erase", help="remove a call's, a session's or a phone number's data everywhere"
+    )
+    erase.add_argument("--call", action="append", help="a call id (repeat for more)")
+    erase.add_argument("--session", action="append", help="a session id: it and its calls")
+    erase.add_argument("--phone", action="append", help="an E.164 number: records holding it")
+    erase.set_defaults(run=cmd_erase)
 
     failed = sub.add_parser("failed", help="inspect and replay the failed-events record")
     actions = failed.add_subparsers(dest="action", required=True)

@@ -27,7 +27,9 @@ from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTOR, get_logger
 from ringez_worker.settings import Settings
 from ringez_worker.tracing import TRACING
+from ringez_worker.transcripts import redact_body
 from ringez_worker.worker import activity
+from ringez_worker.worker import failed as failed_record
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 
@@ -277,7 +279,7 @@ class Dispatcher:
         if not outcome.failed:
             if only is not None or job_try > 1:
                 # A retry or a replay that got through clears an earlier failure record.
-                await self.redis.hdel(self.keys.failed, delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+                await failed_record.forget(self.redis, self.keys, delivery_id)
             _note(outcome="ok")
             return outcome
         if waits and None not in waits:
@@ -487,6 +489,9 @@ class Dispatcher:
         kind: str = WEBHOOK,
     ) -> None:
         await activity.count(self.redis, self.keys, "failed")
+        if self.settings.privacy_redact_transcripts:
+            # Kept for replay, but not with what the caller said: a replay runs without it.
+            body = redact_body(body)
         now = int(time.time() * 1000)
         previous = _previous(await self.redis.hget(self.keys.failed, delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         record = {
@@ -503,7 +508,14 @@ class Dispatcher:
         origin = _ORIGIN.get()
         if origin:
             record["trace"] = origin  # a replay's spans link to this trace
-        await self.redis.hset(self.keys.failed, delivery_id, orjson.dumps(record))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; value: str
+        await failed_record.store(
+            self.redis,
+            self.keys,
+            delivery_id,
+            orjson.dumps(record),
+            retention_seconds=self.settings.failed_retention_seconds,
+            max_records=self.settings.failed_max_records,
+        )
         await self._keep_done(delivery_id)
 
     async def _keep_done(self, delivery_id: str) -> None:

@@ -15,6 +15,98 @@ from redis.asyncio import Redis
 
 from ringez_worker.jobs import KINDS, REPLAY_PENDING, WEBHOOK, Job, enqueue_job
 from ringez_worker.keys import Keys
+from ringez_worker.lua import LuaScript
+
+# KEYS: the record hash, its age index (id -> last failure ms), the eviction counters.
+# ARGV: delivery id ('' to only trim), record, now ms, retention ms, max records.
+# The write and the trims are one script, so the record never holds more than the cap nor
+# anything past its retention, and every record that leaves is counted: nothing vanishes
+# silently. Records of an older version have no age yet: they are indexed as of now (once,
+# when the index is short of the hash), so they leave after one retention period too.
+# Returns {removed by retention, removed by cap}.
+_STORE = LuaScript(
+    """
+local now = tonumber(ARGV[3])
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+end
+if redis.call('ZCARD', KEYS[2]) < redis.call('HLEN', KEYS[1]) then
+  for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+    redis.call('ZADD', KEYS[2], 'NX', now, id)
+  end
+end
+local expired, capped = 0, 0
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1000)
+for _, id in ipairs(old) do
+  expired = expired + redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+local over = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[5])
+while over > 0 do
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  if #oldest == 0 then break end
+  for i = 1, #oldest, 2 do capped = capped + redis.call('HDEL', KEYS[1], oldest[i]) end
+  over = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[5])
+end
+if expired > 0 then redis.call('HINCRBY', KEYS[3], 'retention', expired) end
+if capped > 0 then redis.call('HINCRBY', KEYS[3], 'cap', capped) end
+return {expired, capped}
+"""
+)
+
+
+async def store(
+    redis: Redis,
+    keys: Keys,
+    delivery_id: str,
+    record: bytes,
+    *,
+    retention_seconds: int,
+    max_records: int,
+) -> tuple[int, int]:
+    """Write one record and trim the oldest past retention or the cap, atomically.
+
+    Returns (removed by retention, removed by the cap)."""
+    return await _trim_or_store(redis, keys, delivery_id, record, retention_seconds, max_records)
+
+
+async def trim(
+    redis: Redis, keys: Keys, *, retention_seconds: int, max_records: int
+) -> tuple[int, int]:
+    """Remove records past retention or over the cap without writing one (the sweeper)."""
+    return await _trim_or_store(redis, keys, "", b"", retention_seconds, max_records)
+
+
+async def _trim_or_store(
+    redis: Redis, keys: Keys, delivery_id: str, record: bytes, retention_s: int, cap: int
+) -> tuple[int, int]:
+    now = int(time.time() * 1000)
+    expired, capped = await _STORE(
+        redis,
+        [keys.failed, keys.failed_age, keys.failed_evicted],
+        [delivery_id, record, now, retention_s * 1000, cap],
+    )
+    return int(expired), int(capped)
+
+
+async def evicted(redis: Redis, keys: Keys) -> dict[str, int]:
+    """Fleet-wide counts of records removed by retention and by the cap, ever."""
+    raw = await redis.hgetall(keys.failed_evicted)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    counts = {_text(k): int(v) for k, v in raw.items()}
+    return {"retention": counts.get("retention", 0), "cap": counts.get("cap", 0)}
+
+
+async def forget(redis: Redis, keys: Keys, *fields: bytes | str) -> int:
+    """Delete records (and their place in the age index); returns how many were there."""
+    if not fields:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.failed, *fields)  # type: ignore[arg-type]  # redis-py: fields as str only
+        pipe.zrem(keys.failed_age, *fields)
+        removed, _ = await pipe.execute()
+    return int(removed)
+
 
 # What a replay needs, and its type.
 _REQUIRED: dict[str, type] = {"delivery_id": str, "handlers": dict, "body": str}
@@ -141,11 +233,13 @@ async def replay(redis: Redis, keys: Keys, delivery_id: str, ttl_ms: int) -> str
 async def purge(redis: Redis, keys: Keys, delivery_id: str | None = None) -> int:
     """Delete one record (bad ones too), or all of them; returns how many went."""
     if delivery_id is None:
-        count = await redis.hlen(keys.failed)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-        await redis.delete(keys.failed)
-        return count
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(keys.failed)
+            pipe.delete(keys.failed, keys.failed_age)
+            count, _ = await pipe.execute()
+        return int(count)
     field = await _find(redis, keys, delivery_id)
-    return 0 if field is None else await redis.hdel(keys.failed, field)  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; field: str
+    return 0 if field is None else await forget(redis, keys, field)
 
 
 async def _find(redis: Redis, keys: Keys, delivery_id: str) -> bytes | str | None:

@@ -66,6 +66,7 @@ async def start_worker_http(
         metrics.queue_depth.set(stats["depth"])
         metrics.oldest_age.set(stats["oldest_age_s"])
         metrics.failed_events.set(stats["failed"])
+        metrics.failed_evicted.set(stats["failed_evicted"])
 
     app = web.Application()
     add_health_routes(app, lambda: redis, keys, metrics.registry, refresh)

@@ -15,6 +15,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
@@ -102,6 +103,17 @@ class WorkerMetrics:
         self.failed_events = Gauge(
             "ringez_failed_events", "Records in the failed-events record", registry=self.registry
         )
+        # Fleet-wide, from Redis at scrape time (`queue_stats`), not counted in process:
+        # records leave in whichever worker writes (or sweeps) the record, and a process
+        # count would miss the other workers' and reset on restart, while the one counter
+        # in Redis is what every worker's /metrics then shows alike (take max(), not sum()).
+        self.failed_evicted = _RedisCounter(
+            "ringez_failed_events_evicted",
+            "Failed-events records removed, by reason (retention, cap); fleet-wide",
+            "reason",
+            ("retention", "cap"),
+        )
+        self.registry.register(self.failed_evicted)
         self.reports = Counter(
             "ringez_reports_total",
             "Scheduled daily reports by outcome (generated, failed)",
@@ -110,16 +122,36 @@ class WorkerMetrics:
         )
 
 
-async def queue_stats(redis: Redis, keys: Keys) -> dict[str, float]:
-    """Depth, oldest due job's age (s) and failed-events count, in one round trip."""
+class _RedisCounter:
+    """A counter whose values another process keeps (in Redis): set at scrape time."""
+
+    def __init__(self, name: str, doc: str, label: str, values: tuple[str, ...]) -> None:
+        self._name, self._doc, self._label = name, doc, label
+        self.values: dict[str, float] = dict.fromkeys(values, 0.0)
+
+    def set(self, values: dict[str, int]) -> None:
+        self.values.update({k: float(v) for k, v in values.items() if k in self.values})
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in self.values.items():
+            family.add_metric([value], count)
+        return [family]
+
+
+async def queue_stats(redis: Redis, keys: Keys) -> dict[str, Any]:
+    """Depth, oldest due job's age (s), failed-events count and how many records left it
+    by retention and by the cap, in one round trip."""
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.queue)
         pipe.zrangebyscore(keys.queue, "-inf", now_ms, start=0, num=1, withscores=True)
         pipe.hlen(keys.failed)
-        depth, oldest, failed = await pipe.execute()
+        pipe.hmget(keys.failed_evicted, ["retention", "cap"])
+        depth, oldest, failed, (retention, cap) = await pipe.execute()
     age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
-    return {"depth": depth, "oldest_age_s": age, "failed": failed}
+    evicted = {"retention": int(retention or 0), "cap": int(cap or 0)}
+    return {"depth": depth, "oldest_age_s": age, "failed": failed, "failed_evicted": evicted}
 
 
 async def worker_presence(redis: Redis, keys: Keys) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
 from ringez_worker.lua import Arg, LuaScript
 from ringez_worker.tracing import TRACING
+from ringez_worker.transcripts import redact_body
 from ringez_worker.worker.activity import STATS_TTL_SECONDS
 
 # hiredis's stub types the command as a 1-tuple (`Tuple[str | int | ...]`) and leaves the
@@ -35,9 +36,10 @@ from ringez_worker.worker.activity import STATS_TTL_SECONDS
 _pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 # One delivery in a batch: (dedupe bucket, job key, dedupe field, bucket expiry ms, job,
-# score, delivery id), the future its request waits on, and with tracing on its
-# producer span's context (the batch's span links it).
-_Item = tuple[str, str, bytes, int, bytes, int, str]
+# score, delivery id, the delivery log's copy of the job: b"" for the job itself), the
+# future its request waits on, and with tracing on its producer span's context (the
+# batch's span links it).
+_Item = tuple[str, str, bytes, int, bytes, int, str, bytes]
 _Pending = tuple[_Item, asyncio.Future[bool], object]
 
 
@@ -48,7 +50,8 @@ class NotReplicated(RedisError):
 # KEYS: the queue, this minute's counters, the delivery log, then (dedupe bucket, job key)
 # per delivery.
 # ARGV: job ttl ms, wake channel, counters ttl s, log max entries, log min id (oldest ms
-# kept), then (dedupe field, bucket expiry ms, job, score, id) per delivery.
+# kept), then (dedupe field, bucket expiry ms, job, score, id, logged job or '') per
+# delivery.
 # Returns 1 (queued) or 0 (duplicate) per delivery. The console's log and counters go
 # through pcall: a failure to write them (an ACL, say) must never cost a webhook its 2xx.
 _ENQUEUE = LuaScript(
@@ -57,14 +60,15 @@ local out = {}
 local queued = 0
 local n = (#KEYS - 3) / 2
 for i = 1, n do
-  local a = 6 + 5 * (i - 1)
+  local a = 6 + 6 * (i - 1)
   local bucket = KEYS[2 * i + 2]
   if redis.call('HSETNX', bucket, ARGV[a], '1') == 1 then
     redis.call('PEXPIREAT', bucket, ARGV[a + 1])
     redis.call('PSETEX', KEYS[2 * i + 3], ARGV[1], ARGV[a + 2])
     redis.call('ZADD', KEYS[1], ARGV[a + 3], ARGV[a + 4])
-    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-      'k', 'r', 'j', ARGV[a + 2])
+    local logged = ARGV[a + 5]
+    if logged == '' then logged = ARGV[a + 2] end
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'r', 'j', logged)
     queued = queued + 1
     out[i] = 1
   else
@@ -102,6 +106,7 @@ class EventQueue:
         wait_timeout_ms: int = 1000,
         log_max_entries: int = 20_000,
         log_retention_ms: int = 86_400_000,
+        redact_transcripts: bool = False,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -112,6 +117,9 @@ class EventQueue:
         # The console's delivery log and counters, written by the same script call.
         self._log_max = str(log_max_entries)
         self._log_retention_ms = log_retention_ms
+        # PRIVACY_REDACT_TRANSCRIPTS: the log keeps a copy without transcript text (the
+        # job keeps the body as signed: the handlers need it). Off, it costs nothing.
+        self._redact = redact_transcripts
         # With replicas (Sentinel), WAIT in the same round trip: a 2xx then means the
         # event is on `wait_replicas` replicas too, so a failover cannot lose it.
         # WAIT counts this connection's own last write. A batch of duplicates writes
@@ -153,15 +161,23 @@ class EventQueue:
     ) -> _Item:
         bucket, field = self._keys.dedupe(delivery_id, stamp)
         expires_at = (stamp // BUCKET_MS + 1) * BUCKET_MS + self._dedupe_ttl
-        return (
+        job = job_bytes(delivery_id, body, now, trace_context=trace_context)
+        logged = b""
+        if self._redact:
+            text = body.decode()
+            redacted = redact_body(text)
+            logged = b"" if redacted is text else job_bytes(delivery_id, redacted, now)
+        item: _Item = (
             bucket,
             self._keys.job(delivery_id),
             field,
             expires_at,
-            job_bytes(delivery_id, body, now, trace_context=trace_context),
+            job,
             now,
             delivery_id,
+            logged,
         )
+        return item
 
     def _submit(self, item: _Item, span_context: object) -> asyncio.Future[bool]:
         # Not a coroutine: on the hot path, one frame fewer per event.
@@ -251,9 +267,9 @@ class EventQueue:
             self._log_max,
             int(now * 1000) - self._log_retention_ms,
         ]
-        for (bucket, job_key, field, expires_at, job, score, delivery_id), _, _ in batch:
+        for (bucket, job_key, field, expires_at, job, score, delivery_id, logged), _, _ in batch:
             keys += (bucket, job_key)
-            argv += (field, expires_at, job, score, delivery_id)
+            argv += (field, expires_at, job, score, delivery_id, logged)
         # Packed by hiredis (C): redis-py's Python packer costs microseconds per argument,
         # and a batch carries seven per event. Sent with the client's retry-on-reconnect.
         packed = _pack_command(_ENQUEUE.command(keys, argv))

@@ -214,6 +214,7 @@ def _redis_ctx(shared: Redis | None):
             wait_timeout_ms=settings.redis_wait_timeout_ms,
             log_max_entries=settings.delivery_log_max_entries,
             log_retention_ms=settings.delivery_log_retention * 1000,
+            redact_transcripts=settings.privacy_redact_transcripts,
         )
         app[REJECTS].start(client)
         yield

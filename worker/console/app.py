@@ -1,5 +1,6 @@
 """The console's aiohttp app: server-rendered pages over the delivery log, calls and the
-failed-events record. Read-only except replay/purge, which go through worker/failed.py."""
+failed-events record. Read-only except replay/purge (worker/failed.py) and erase
+(worker/erase.py, the same as `ringez-worker erase`)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ringez_worker.agents.phone import is_e164
+from ringez_worker.erasure import Subject
 from ringez_worker.keys import Keys
 from ringez_worker.logs import REDACTED, Redactor, _is_sensitive
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.report.store import latest_report
 from ringez_worker.settings import Settings, SettingsError
-from ringez_worker.worker import failed
+from ringez_worker.worker import erase, failed
 from ringez_worker.worker.console import charts, data
 from ringez_worker.worker.console.auth import (
     LOGIN_COOKIE,
@@ -328,6 +331,42 @@ async def failed_action(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"{gate.base}/failed?done={action}&n={count}")
 
 
+# -- erase -----------------------------------------------------------------------------
+
+ERASE_KINDS = ("call", "session", "phone")
+
+
+async def erase_page(request: web.Request) -> web.Response:
+    return _render(
+        request, "erase.html", "erase", kinds=ERASE_KINDS, kind="call", value="", removed=None
+    )
+
+
+async def erase_action(request: web.Request) -> web.Response:
+    """`ringez-worker erase`: the first POST shows what will go, the second (confirm=yes)
+    erases and shows how much went from each place."""
+    form = await request.post()
+    kind, value = str(form.get("kind", "")), str(form.get("value", "")).strip()
+    if kind not in ERASE_KINDS:
+        raise web.HTTPBadRequest(text="kind must be call, session or phone")
+    if not value or (kind == "phone" and not is_e164(value)):
+        raise web.HTTPBadRequest(text="name a call id, a session id or an E.164 number")
+    removed = None
+    if form.get("confirm") == "yes":
+        subject = Subject(**{f"{kind}s": {value}})  # calls, sessions, phones
+        removed = await erase.erase(request.app[REDIS], request.app[KEYS], subject)
+    return _render(
+        request,
+        "erase.html",
+        "erase",
+        kinds=ERASE_KINDS,
+        kind=kind,
+        value=value,
+        removed=removed,
+        places=erase.PLACES,
+    )
+
+
 async def _to_base(request: web.Request) -> web.Response:
     raise web.HTTPFound(f"{request.app[GATE].base}/")
 
@@ -382,6 +421,8 @@ def create_console_app(
     r.add_get(f"{base}/failed", failed_page)
     r.add_get(f"{base}/failed/{{id}}", failed_detail)
     r.add_post(f"{base}/failed/action", failed_action)
+    r.add_get(f"{base}/erase", erase_page)
+    r.add_post(f"{base}/erase", erase_action)
     r.add_static(f"{base}/static", HERE / "static", append_version=False)
 
     async def redis_ctx(app: web.Application):

@@ -1,0 +1,64 @@
+"""The README's privacy table names every place erase reaches and every key family the
+service writes: a new store or key cannot land without saying what it holds."""
+
+from __future__ import annotations
+
+import inspect
+
+from ringez_worker.keys import Keys
+from ringez_worker.worker.erase import PLACES
+from tests.processes import ROOT
+
+# Each Keys member's family as the table writes it (None: not stored, a channel).
+FAMILIES = {
+    "dedupe": "rz:d:<bucket>:<shard>",
+    "job": "arq:job:<id>",
+    "arq_tries": "arq:retry:<job>",
+    "deferrals": "rz:deferrals:<delivery>",
+    "done": "rz:done:<delivery>",
+    "failed": "rz:failed",
+    "failed_age": "rz:failed:age",
+    "failed_evicted": "rz:failed:evicted",
+    "ready_probe": "rz:ready-probe",
+    "worker": "rz:worker:<name>",
+    "stats": "rz:stats:<minute>",
+    "deliveries": "rz:log",
+    "summary": "rz:summary:<call>",
+    "call_state": "rz:call:<call>:*",
+    "wake": None,  # a pub/sub channel: nothing is kept
+    "quality": "rz:quality:<call>",
+    "recharge": "rz:recharge:charge:<key>",
+    "recharges": "rz:recharge:charges",
+    "report": "rz:report:<id>",
+    "reports": "rz:reports",
+    "report_claim": "rz:report:claim:<time>",
+    "queue": "ringez:queue",
+}
+
+
+def privacy_table() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Privacy", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_every_erasable_place_has_a_row_saying_what_it_holds():
+    rows = {row[0]: row for row in privacy_table()}
+    for place in PLACES:
+        assert place.name in rows, place.name
+        assert rows[place.name][2] and rows[place.name][3], place.name
+        assert place.where.split()[0].split("<")[0] in rows[place.name][1], place.name
+
+
+def test_every_key_family_is_in_the_table():
+    members = {
+        name
+        for name, _ in inspect.getmembers(Keys)
+        if not name.startswith("_") and name not in ("prefix",)
+    }
+    assert members == set(FAMILIES), "a new Keys member: add it to the privacy table"
+    where = " ".join(row[1] for row in privacy_table())
+    for name, family in FAMILIES.items():
+        if family is not None:
+            assert f"`{family}`" in where, name
