@@ -268,3 +268,40 @@ def test_the_cli_adds_lists_cancels_and_loads_the_roster(redis_url, tmp_path):
     path.write_text("- {id: x, number: nope}\n")
     broken = run_cli("callbacks", "roster", "load", str(path), env=env)
     assert broken.returncode == 2 and "agent 1: number" in broken.stderr
+
+
+async def test_erase_by_phone_and_by_call_removes_a_callback_request_whole(
+    redis_url, redis_client, tmp_path
+):
+    async with agent_stack(
+        redis_url,
+        agent_config=agents_config(),
+        callbacks_token=TOKEN,
+        sandbox_config={"talk_seconds": 0.05},
+    ) as stack:
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        ids = [
+            (await post(callbacks_url(stack), request(n)))[1]["request_id"] for n in (41, 42, 43)
+        ]
+
+        async def done() -> bool:
+            return (await states(redis_client, ids))["done"] == 3
+
+        await wait_for(done, deadline_s=30, what="three callbacks done")
+        call = (await redis_client.hget(f"rz:callback:{ids[1]}", "call_id")).decode()
+    env = {"REDIS_URL": redis_url}
+    by_phone = run_cli("erase", "--phone", "+14155550041", env=env)
+    assert by_phone.returncode == 0, by_phone.stderr
+    assert any(
+        line.startswith("callback requests") and line.rsplit(None, 1)[1] == "1"
+        for line in by_phone.stdout.splitlines()
+    ), by_phone.stdout
+    by_call = run_cli("erase", "--call", call, env=env)
+    assert by_call.returncode == 0, by_call.stderr
+    left = [k.decode() async for k in redis_client.scan_iter(match="*")]
+    for gone in (ids[0], ids[1], call):
+        assert not [k for k in left if gone in k], (gone, left)
+    assert f"rz:callback:{ids[2]}" in left  # the other customer's request stays
+    again = run_cli("erase", "--phone", "+14155550041", env=env)
+    counts = [int(line.rsplit(None, 1)[1]) for line in again.stdout.splitlines()]
+    assert counts and set(counts) == {0}, again.stdout  # idempotent: nothing more

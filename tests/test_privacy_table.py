@@ -26,7 +26,7 @@ FAMILIES = {
     "summary": "rz:summary:<call>",
     "call_state": "rz:call:<call>:*",
     "wake": None,  # a pub/sub channel: nothing is kept
-    "quality": "rz:quality:<call>",
+    "quality": "rz:call:<call>:quality:record",
     "recharge": "rz:recharge:charge:<key>",
     "recharges": "rz:recharge:charges",
     "report": "rz:report:<id>",

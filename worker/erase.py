@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import orjson
 from redis.asyncio import Redis
 
+from ringez_worker.agents.callbacks.erasure import CallbackRequests
 from ringez_worker.erasure import Place, Subject, delete, glob_escape, scan_keys, text
 from ringez_worker.jobs import Job
 from ringez_worker.keys import Keys
@@ -189,8 +190,8 @@ class Summaries:
 @dataclass(frozen=True)
 class QualityRecords:
     name = "quality records"
-    where = "rz:quality:<call>"
-    holds = "a call's MOS, packet loss, latency (read by the daily report)"
+    where = "rz:call:<call>:quality:record"
+    holds = "a call's MOS, packet loss, latency, breaches (read by the report and console)"
     retention = "QUALITY_RECORD_TTL_SECONDS (604800 s), as its writer sets it"
 
     async def link(self, redis: Redis, keys: Keys, subject: Subject) -> None:
@@ -294,6 +295,7 @@ PLACES: tuple[Place, ...] = (
     FailedEvents(),
     DeliveryLog(),
     CompletionRecords(),
+    CallbackRequests(),
 )
 
 
