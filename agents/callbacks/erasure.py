@@ -29,7 +29,8 @@ class CallbackRequests:
     async def _matching(self, redis: Redis, keys: Keys, subject: Subject) -> list[tuple[str, dict]]:
         found = []
         async for key in scan_keys(redis, f"{keys.prefix}:callback:cb_*"):
-            record = {text(k): text(v) for k, v in (await redis.hgetall(key)).items()}  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            raw = await redis.hgetall(text(key))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            record = {text(k): text(v) for k, v in raw.items()}
             try:
                 phone = orjson.loads(record.get("body", "{}")).get("phone")
             except orjson.JSONDecodeError:
