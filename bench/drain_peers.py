@@ -176,7 +176,9 @@ def stop_group(popen: subprocess.Popen[bytes], deadline_s: float = 15.0) -> None
         pass
 
 
-def run_one(engine: Engine, events: int, log_dir: Path, profile: bool) -> dict[str, Any]:
+def run_one(
+    engine: Engine, events: int, log_dir: Path, profile: bool, round_no: int = 0
+) -> dict[str, Any]:
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         redis_pid = server.process.pid if server.process else 0
@@ -216,7 +218,9 @@ def run_one(engine: Engine, events: int, log_dir: Path, profile: bool) -> dict[s
                             self_cpu_seconds(),
                         )
                         if profile:
-                            spy = start_spy(popen.pid, log_dir / f"{engine.name}.speedscope")
+                            spy = start_spy(
+                                popen.pid, log_dir / f"{engine.name}-r{round_no}.pyspy.txt"
+                            )
                     if count >= events:
                         break
                     if popen.poll() is not None:
@@ -272,10 +276,13 @@ def run_one(engine: Engine, events: int, log_dir: Path, profile: bool) -> dict[s
 
 
 def start_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on the worker (and its children) until SIGINT, speedscope format, with idle."""
+    """py-spy on the worker (and its children) until SIGINT: collapsed stacks, no idle.
+
+    Started at the first INCR, so start-up is not in it; summarise with
+    `python bench/profile_summary.py <file>`."""
     spy = Path(sys.executable).parent / "py-spy"
-    argv = [str(spy), "record", "-p", str(pid), "--nonblocking", "--subprocesses"]
-    argv += ["-r", "200", "--format", "speedscope", "-o", str(out)]
+    argv = [str(spy), "record", "-p", str(pid), "--subprocesses"]
+    argv += ["-r", "200", "--format", "raw", "-o", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -331,7 +338,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the project's worker during each of its runs (speedscope, in the log dir)",
+        help="py-spy the project's worker during its runs (collapsed stacks, in the log dir); "
+        "its figures are then not comparable: py-spy takes CPU beside it",
     )
     args = parser.parse_args()
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
@@ -351,7 +359,7 @@ def main() -> None:
         order = names if round_no % 2 == 0 else names[::-1]
         for name in order:
             profile = args.profile and ENGINES[name].peer is None
-            row = run_one(ENGINES[name], args.events, log_dir, profile)
+            row = run_one(ENGINES[name], args.events, log_dir, profile, round_no + 1)
             row["round"] = round_no + 1
             results.append(row)
             brief = {k: v for k, v in row.items() if k != "commands"}
