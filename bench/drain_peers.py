@@ -249,7 +249,10 @@ def run_one(
                 stop_group(popen)
         client.close()
     calls["get"] = calls.get("get", 0) - polls  # the bench's GETs, not the worker's
-    worker_calls = {k: v for k, v in calls.items() if k not in BENCH_COMMANDS and v > 0}
+    # Redis 7 names subcommands "config|resetstat": the bench's by their first word.
+    worker_calls = {
+        k: v for k, v in calls.items() if k.split("|")[0] not in BENCH_COMMANDS and v > 0
+    }
     seconds = end[0] - first[0]
     worker_cpu, redis_cpu = end[1] - first[1], end[2] - first[2]
     busy, own = end[3] - first[3], end[4] - first[4]
