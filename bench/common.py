@@ -79,6 +79,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants alive now (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by `pid` and its live descendants (taskiq works in a child)."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+def self_cpu_seconds() -> float:
+    """CPU time this (benchmark) process has used: its own share of the machine's busy time."""
+    t = os.times()
+    return t.user + t.system
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores have spent busy since boot (everything but idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
