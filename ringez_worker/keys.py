@@ -87,6 +87,10 @@ class Keys:
         mos_min, ...; agents/quality.py writes it, under the call's own keys)."""
         return self.call_state(call_id, "quality:record")
 
+    def callback(self, request_id: str) -> str:
+        """One callback request (a hash; agents/callbacks/store.py names the queue's keys)."""
+        return f"{self.prefix}:callback:{request_id}"
+
     def recharge(self, idempotency_key: str) -> str:
         """One charge's record, keyed by its idempotency key (one per episode)."""
         return f"{self.prefix}:recharge:charge:{idempotency_key}"

@@ -24,7 +24,13 @@ from aiohttp import web
 from ringez_worker.logs import get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.redis_url import url_password
-from ringez_worker.sandbox import REQUEST_LOG, config_from_settings, start_sandbox, start_scenario
+from ringez_worker.sandbox import (
+    REQUEST_LOG,
+    config_from_settings,
+    dev_callbacks,
+    start_sandbox,
+    start_scenario,
+)
 from ringez_worker.sandbox.dev_quality import quality_lines
 from ringez_worker.sandbox.redis_server import start_embedded
 from ringez_worker.settings import Settings
@@ -85,6 +91,12 @@ async def run_dev(
         port=sandbox_port,
     )
     settings = settings.model_copy(update={"ringez_api_url": sandbox.api_url})
+    callbacks_token = None
+    if dev_callbacks.NAME in scenarios:
+        # Before the worker is made: it reads the callback agent's settings from the env.
+        callbacks_token = dev_callbacks.prepare(sandbox.sandbox)
+        settings = settings.model_copy(update={"callbacks_token": _secret(callbacks_token)})
+        scenarios = tuple(s for s in scenarios if s != dev_callbacks.NAME)
 
     runner = web.AppRunner(runtime.create_app(settings), access_log=None)
     await runner.setup()
@@ -115,8 +127,19 @@ async def run_dev(
     _say()
     try:
         runs = [start_scenario(sandbox.sandbox, name, receiver_url) for name in scenarios]
-        _say(f"playing scenarios: {', '.join(scenarios)}")
-        played = asyncio.gather(*(r.task for r in runs), return_exceptions=True)
+        queue: asyncio.Task[list[str]] | None = None
+        if callbacks_token is not None:
+            redis = redis_from_settings(settings)
+            base = f"http://127.0.0.1:{settings.port}"
+            queue = asyncio.create_task(
+                dev_callbacks.play(base, callbacks_token, redis, settings.key_prefix)
+            )
+            queue.add_done_callback(lambda _: asyncio.ensure_future(redis.aclose()))
+        names = [*scenarios, *([dev_callbacks.NAME] if queue is not None else [])]
+        _say(f"playing scenarios: {', '.join(names)}")
+        played = asyncio.gather(
+            *(r.task for r in runs), *([queue] if queue is not None else []), return_exceptions=True
+        )
         stopped = asyncio.ensure_future(stop.wait())
         waited: list[asyncio.Future[Any]] = [played, stopped, worker_task]
         await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED, timeout=120)
@@ -124,6 +147,9 @@ async def run_dev(
             worker_task.result()  # the worker died: say why
         await _wait_drained(settings)
         await _report(settings, sandbox, runs)
+        if queue is not None and queue.done() and not queue.cancelled():
+            for line in queue.result() if queue.exception() is None else [repr(queue.exception())]:
+                _say(line)
         if not exit_after_scenarios:
             _say()
             _say("still running; send more from another terminal:")

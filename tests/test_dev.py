@@ -86,3 +86,17 @@ def _get(url: str, token: str) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_dev_works_a_small_callback_queue_through():
+    env = {"PORT": str(free_port()), "RINGEZ_WEBHOOK_SECRET": "", "RINGEZ_API_KEY": ""}
+    done = run_cli(
+        "dev", "--scenarios", "callbacks", "--exit-after-scenarios", env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("    c-")}
+    assert set(rows) == {"c-vip", "c-billing", "c-urgent", "c-busy"}, out
+    assert "priority= 50" in rows["c-vip"] and rows["c-vip"].endswith("-> done")
+    assert "agent=ana" in rows["c-billing"]  # the only agent with billing and Spanish
+    assert rows["c-busy"].endswith("-> failed (busy)") and "tries=2" in rows["c-busy"]
