@@ -316,3 +316,36 @@ async def test_a_call_erased_from_its_page_is_gone_and_the_other_stays(
                 assert await browser.text("h1") == f"Call {kept}"
         finally:
             await redis.aclose()
+
+
+async def test_the_callback_queue_page_shows_agents_and_waiting_requests(
+    redis_url: str, browser: Browser, tmp_path
+):
+    from ringez_worker.agents.callbacks import add_callback, load_roster_file
+    from ringez_worker.keys import Keys
+
+    settings = make_settings(redis_url, console_token=TOKEN)
+    redis = Redis.from_url(redis_url)
+    try:
+        roster = tmp_path / "roster.yaml"
+        roster.write_text(
+            "- {id: ana, number: '+14155550900', skills: [billing], max_concurrent: 2}\n"
+            "- {id: bo, number: '+14155550901', available: false}\n"
+        )
+        await load_roster_file(redis, Keys(), str(roster))
+        await redis.hset("rz:callbacks:load", "ana", 1)
+        first = await add_callback(
+            redis, Keys(), {"customer_id": "c-1", "phone": "+14155550123", "skill": "billing"}
+        )
+        await add_callback(redis, Keys(), {"customer_id": "c-2", "phone": "+14155550124"})
+        async with console(settings) as base:
+            await login(browser, base, "/callbacks")
+            assert await browser.text("#n-waiting") == "2"
+            assert await browser.text("#n-live") == "1"
+            assert await browser.text("[data-agent='ana'] .load") == "1 / 2"
+            assert "away" in await browser.text("[data-agent='bo']")
+            row = await browser.text(f"[data-request='{first.request_id}']")
+            assert "c-1" in row and "+***0123" in row and "+14155550123" not in row
+            await browser.screenshot("callbacks")
+    finally:
+        await redis.aclose()

@@ -33,6 +33,7 @@ FAMILIES = {
     "reports": "rz:reports",
     "report_claim": "rz:report:claim:<time>",
     "queue": "ringez:queue",
+    "callback": "rz:callback:<id>",
 }
 
 

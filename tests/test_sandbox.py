@@ -754,7 +754,11 @@ async def test_emitter_retries_a_timeout_and_gives_up_after_max_attempts(make_ho
     down = await make_hook(statuses=[503] * 10)
     emitter = WebhookEmitter(
         EmitterConfig(
-            max_attempts=3, backoff_seconds=0.01, backoff_max_seconds=0.02, timeout_seconds=0.2
+            # 0.2 s once timed the fast second attempt out too on a loaded box.
+            max_attempts=3,
+            backoff_seconds=0.01,
+            backoff_max_seconds=0.02,
+            timeout_seconds=0.6,
         ),
         SECRET,
     )

@@ -18,10 +18,11 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ringez_worker.agents.callbacks import agents_with_load, list_waiting
 from ringez_worker.agents.phone import is_e164
 from ringez_worker.erasure import Subject
 from ringez_worker.keys import Keys
-from ringez_worker.logs import REDACTED, Redactor, _is_sensitive
+from ringez_worker.logs import REDACTED, Redactor, _is_sensitive, mask_phone_numbers
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.report.store import latest_report
 from ringez_worker.settings import Settings, SettingsError
@@ -250,6 +251,24 @@ async def calls_page(request: web.Request) -> web.Response:
     return _render(request, "calls.html", "calls", calls=data.calls_index(deliveries)[:200])
 
 
+async def callbacks_page(request: web.Request) -> web.Response:
+    """The callback queue: agents with their live load, waiting requests in priority order."""
+    redis, keys = request.app[REDIS], request.app[KEYS]
+    waiting = await list_waiting(redis, keys, limit=200)
+    for r in waiting:
+        body = orjson.loads(r.get("body") or "{}")
+        r["customer_id"] = str(body.get("customer_id", ""))
+        r["phone"] = mask_phone_numbers(str(body.get("phone", "")))  # last four digits only
+    return _render(
+        request,
+        "callbacks.html",
+        "callbacks",
+        agents=await agents_with_load(redis, keys),
+        waiting=waiting,
+        now_ms=int(time.time() * 1000),
+    )
+
+
 async def call_page(request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
     deliveries, _ = await data.read_log(request.app[REDIS], request.app[KEYS])
@@ -417,6 +436,7 @@ def create_console_app(
     r.add_get(f"{base}/deliveries", deliveries_page)
     r.add_get(f"{base}/deliveries/{{id}}", delivery_page)
     r.add_get(f"{base}/calls", calls_page)
+    r.add_get(f"{base}/callbacks", callbacks_page)
     r.add_get(f"{base}/calls/{{call_id}}", call_page)
     r.add_get(f"{base}/failed", failed_page)
     r.add_get(f"{base}/failed/{{id}}", failed_detail)
