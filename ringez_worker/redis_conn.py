@@ -36,19 +36,9 @@ def redis_from_settings(settings: Settings) -> Redis:
         "retry_on_error": [ConnectionError, TimeoutError],
     }
     if is_sentinel_url(settings.redis_url):
-        target = parse_sentinel_url(settings.redis_url)
-        # The Sentinels themselves get the socket_* timeouts (redis-py's default), not
-        # the master's password.
-        sentinel = Sentinel(
-            target.hosts,
-            db=target.db,
-            username=target.username,
-            password=target.password,
-            ssl=target.ssl,
-            **timeouts,
-        )
+        sentinel, master = _sentinel(settings.redis_url, **timeouts)
         # redis-py has no blocking Sentinel pool: this one raises when all are in use.
-        return sentinel.master_for(target.master, max_connections=settings.redis_max_connections)
+        return sentinel.master_for(master, max_connections=settings.redis_max_connections)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -67,21 +57,32 @@ def arq_sentinel_pool(settings: Settings) -> ArqRedis | None:
     asking the Sentinels again (tests/test_sentinel.py failed so under a loaded suite)."""
     if not is_sentinel_url(settings.redis_url):
         return None
-    target = parse_sentinel_url(settings.redis_url)
+    # No socket_timeout, as with arq's own pool: the wake listener's pub/sub reads idle.
+    sentinel, master = _sentinel(
+        settings.redis_url,
+        encoding="utf8",
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+    pool: ArqRedis = sentinel.master_for(master, redis_class=ArqRedis)
+    return pool
+
+
+def _sentinel(url: str, **connection: Any) -> tuple[Sentinel, str]:
+    """The Sentinels of a `redis+sentinel://` URL and the master's name; `connection`
+    and the URL's credentials go to the master's connections. The Sentinels themselves
+    get redis-py's default socket timeouts, not the master's password."""
+    target = parse_sentinel_url(url)
     sentinel = Sentinel(
         target.hosts,
         db=target.db,
         username=target.username,
         password=target.password,
         ssl=target.ssl,
-        encoding="utf8",
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=_retry(),
-        retry_on_error=[ConnectionError, TimeoutError],
+        **connection,
     )
-    # No socket_timeout, as with arq's own pool: the wake listener's pub/sub reads idle.
-    pool: ArqRedis = sentinel.master_for(target.master, redis_class=ArqRedis)
-    return pool
+    return sentinel, target.master
 
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
