@@ -17,6 +17,7 @@ from ringez_worker.keys import Keys
 from ringez_worker.sandbox.config import BUSY
 from ringez_worker.worker.receiver import create_app
 from tests.agent_stack import agent_stack
+from tests.callback_chaos import over_capacity
 from tests.conftest import make_settings, wait_for
 from tests.processes import run_cli
 
@@ -207,16 +208,8 @@ async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nob
 
 
 def assert_never_over(state: Any, limits: dict[str, int]) -> None:
-    """From the sandbox's own calls: how many each agent number was on at once."""
-    events = []
-    for call in state.calls.values():
-        if call.transferred_to and call.answered_at is not None:
-            events.append((call.answered_at, 1, call.from_number))
-            events.append((call.ended_at or float("inf"), -1, call.from_number))
-    live: Counter[str] = Counter()
-    for _, step, number in sorted(events, key=lambda e: (e[0], e[1])):
-        live[number] += step
-        assert live[number] <= limits[number], (number, live[number])
+    """From the sandbox's own calls: no agent number on more calls than its maximum."""
+    assert over_capacity(state, limits) == []
 
 
 async def test_support_and_escalation_leave_callback_calls_alone(redis_url, redis_client, tmp_path):
