@@ -39,6 +39,8 @@ class ChaosResult:
     load_left: dict[str, int]
     kills: int
     seconds: float
+    alive: int = 0  # worker processes still running at the end
+    tails: list[str] = field(default_factory=list)  # their last log lines, for a failure
     problems: list[str] = field(default_factory=list)
 
 
@@ -148,6 +150,8 @@ async def run_chaos(
             tries[rid] = int(await redis.hget(f"rz:callback:{rid}", "tries") or 0)
         raw_load = await redis.hgetall("rz:callbacks:load")
         load_left = {k.decode(): int(v) for k, v in raw_load.items()}
+        alive = [p for p in procs if p.popen.poll() is None]
+        tails = [p.output()[-3000:] for p in alive]
     finally:
         for p in procs:
             p.stop(signal.SIGKILL)
@@ -167,6 +171,8 @@ async def run_chaos(
         load_left=load_left,
         kills=killed,
         seconds=time.monotonic() - started,
+        alive=len(alive),
+        tails=tails,
     )
     result.problems = problems(result)
     return result
