@@ -350,9 +350,14 @@ async def test_callback_series_reach_the_workers_metrics_endpoint(
                     return await response.text()
 
         async def counted() -> bool:
-            return 'ringez_callbacks_finished_total{state="done"} 1.0' in await scraped()
+            text = await scraped()
+            # The load gauge is set by the pass the ended call queues, just after.
+            return (
+                'ringez_callbacks_finished_total{state="done"} 1.0' in text
+                and 'ringez_callbacks_agent_load{agent="ana"} 0.0' in text
+            )
 
-        await wait_for(counted, deadline_s=10, what="the finished counter")
+        await wait_for(counted, deadline_s=10, what="the finished counter and a free agent")
         text = await scraped()
     finally:
         task.cancel()
