@@ -38,6 +38,7 @@ from ringez_worker.jobs import schedule_task
 from ringez_worker.keys import Keys
 
 ASSIGN = "callbacks.assign"
+FIELDS = ["created_ms", "skill", "language"]  # what a pass's observation reads of a request
 # An assignment older than this with no call yet: its worker died between the claim and
 # the dial's answer; the pass dials it again (same key). Longer than one API request.
 STALE_ASSIGNMENT_MS = 30_000
@@ -230,7 +231,9 @@ class CallbackAgent:
         agents = await load_roster(ctx.redis, k)
         oldest = 0.0
         for raw_id in ids:
-            record = await store.get(raw_id.decode()) or {}
+            # Only the fields looked at here, not the request's body.
+            fields = await ctx.redis.hmget(k.request(raw_id.decode()), FIELDS)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            record = {n: v.decode() for n, v in zip(FIELDS, fields, strict=True) if v is not None}
             waited = (now - int(record.get("created_ms", now))) / 1000
             oldest = max(oldest, waited)
             servable = any(
@@ -269,14 +272,12 @@ class CallbackAgent:
             if ctx.job_try <= 2 and await ctx.redis.zcard(store.keys.assigned):
                 raise NotMappedYet(f"no callback request for {call_id} yet")
             return
-        now = _ms()
-        if not await store.step(rid, call_id, "calling", "transferring", now):
-            record = await store.get(rid) or {}
-            if record.get("state") != "transferring":
-                return  # already transferred (a redelivery), or the call is over
-            # A retry after a crash mid-transfer: transferring to the same agent again
-            # is the safe side (the customer would otherwise wait on a silent line).
+        took = await store.step(rid, call_id, "calling", "transferring", _ms())
         record = await store.get(rid) or {}
+        if not took and record.get("state") != "transferring":
+            return  # already transferred (a redelivery), or the call is over
+        # (Not taken but `transferring`: a retry after a crash mid-transfer; transferring
+        # to the same agent again is the safe side, or the customer waits on a silent line.)
         agent_number = record.get("agent_number")
         if not agent_number:
             return
@@ -306,7 +307,8 @@ def leave_callback_calls_alone(router: Router) -> Router:
     escalation agents must not analyse or transfer them)."""
     guarded = Router()
     for handler in router.handlers:
-        base = handler.name.rsplit("@", 1)[0] if "@" in handler.name else handler.name
+        # `add` appends "@<event>" again (not for "*" handlers, whose names carry none).
+        base = handler.name.rsplit("@", 1)[0]
         guarded.add(handler.event, _skipping(handler.func), name=base)
     return guarded
 
