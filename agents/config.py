@@ -69,6 +69,9 @@ class AgentSettings(BaseSettings):
     callback_max_tries: int = Field(3, ge=1, le=20)
     callback_unservable_seconds: float = Field(600.0, ge=0)
     callback_sweep_seconds: float = Field(15.0, gt=0)
+    # An assignment with no call this long after its dial was claimed is dialed again
+    # (its worker died mid-dial); longer than one API request with its retries.
+    callback_dial_stale_seconds: float = Field(30.0, gt=0)
     callback_record_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # module:function returning {"tier": ..., "pending_issues": n} for a request (may be
     # async); unset: both read from the request's metadata.

@@ -4,6 +4,7 @@ workers, Redis and the sandbox as Ringez; assertions on what the sandbox receive
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -13,7 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ringez_worker.agents.callbacks import load_roster_file
+from ringez_worker.agents.callbacks.agent import schedule_pass
+from ringez_worker.agents.callbacks.models import CallbackRequest
 from ringez_worker.agents.callbacks.roster import RosterError, parse_roster
+from ringez_worker.agents.callbacks.store import CallbackStore
 from ringez_worker.keys import Keys
 from ringez_worker.sandbox.config import BUSY
 from ringez_worker.worker.receiver import create_app
@@ -206,6 +210,36 @@ async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nob
 
         await wait_for(flagged, deadline_s=20, what="the French request reported unservable")
         assert await redis_client.hget(f"rz:callback:{french['request_id']}", "state") == b"queued"
+
+
+async def test_a_dial_a_killed_worker_left_is_dialed_again_with_nothing_else_waiting(
+    redis_url, redis_client, tmp_path
+):
+    # CI, stop 25: the last request of a burst stayed `dialing` for good. Its worker was
+    # SIGKILLed between the dial's claim and its answer; the pass that ran next saw the
+    # claim still fresh, nothing waiting, and queued no sweep, so no pass ever came back.
+    # Here the dead worker is played by hand: assigned and claimed, no request sent.
+    config = agents_config(callback_dial_stale_seconds=2.0)
+    async with agent_stack(
+        redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
+    ) as stack:
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        store = CallbackStore(redis_client)
+        body = CallbackRequest(customer_id="c", phone="+14155550077").model_dump_json().encode()
+        now = int(time.time() * 1000)
+        assert (await store.add("cb_left", body, "general", "en", None, now))[1] == "new"
+        assert await store.queue("cb_left", 0, now, now)
+        assert await store.assign(now) == ("cb_left", "ana", 1)
+        assert await store.claim_dial("cb_left", 1, now) == 1  # ... and then the worker died
+        await schedule_pass(redis_client, Keys())  # the one pass that runs next
+
+        async def done() -> bool:
+            return (await states(redis_client, ["cb_left"]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the left dial made again and the call done")
+        dials = stack.requests("/calls/initiate")
+        assert [d["json"]["idempotency_key"] for d in dials] == ["callback:cb_left:1"]
+        assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
 
 
 def assert_never_over(state: Any, limits: dict[str, int]) -> None:

@@ -39,9 +39,6 @@ from ringez_worker.keys import Keys
 
 ASSIGN = "callbacks.assign"
 FIELDS = ["created_ms", "skill", "language"]  # what a pass's observation reads of a request
-# An assignment older than this with no call yet: its worker died between the claim and
-# the dial's answer; the pass dials it again (same key). Longer than one API request.
-STALE_ASSIGNMENT_MS = 30_000
 CALL_MAP_TTL_SECONDS = 24 * 3600
 
 CustomerInfo = Callable[[CallbackRequest], Any]
@@ -134,7 +131,11 @@ class CallbackAgent:
         for raw_id, created in await ctx.redis.zrange(k.new, 0, 99, withscores=True):
             await self._take_in(ctx, store, raw_id.decode(), int(created))
         await store.move_due(now)
-        stale = await ctx.redis.zrangebyscore(k.assigned, "-inf", now - STALE_ASSIGNMENT_MS)
+        # An assignment this old with no call yet: its worker died between the claim and
+        # the dial's answer; dial it again (same idempotency key, so the API dedupes a
+        # dial that did go out).
+        stale_ms = int(self.config.callback_dial_stale_seconds * 1000)
+        stale = await ctx.redis.zrangebyscore(k.assigned, "-inf", now - stale_ms)
         for raw_id in stale:
             record = await store.get(raw_id.decode())
             if record and record.get("n"):
@@ -219,15 +220,18 @@ class CallbackAgent:
         return state
 
     async def _observe(self, ctx: Context, store: CallbackStore) -> bool:
-        """Metrics, and unservable requests said once; True while anything waits."""
+        """Metrics, and unservable requests said once; True while anything waits or an
+        assignment has no call yet (a dial a killed worker left is only picked up again
+        by a later pass: without one, the last request of a burst stayed `dialing`)."""
         k = store.keys
         now = _ms()
         async with ctx.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(k.queue)
             pipe.zcard(k.new)
             pipe.zcard(k.retry)
+            pipe.zcard(k.assigned)
             pipe.zrange(k.queue, 0, 199)
-            queued, new, retry, ids = await pipe.execute()
+            queued, new, retry, assigned, ids = await pipe.execute()
         agents = await load_roster(ctx.redis, k)
         oldest = 0.0
         for raw_id in ids:
@@ -258,7 +262,7 @@ class CallbackAgent:
             self.metrics.oldest_wait.set(oldest)
             for agent in agents:
                 self.metrics.agent_load.labels(agent=agent["id"]).set(agent["load"])
-        return bool(queued or new or retry)
+        return bool(queued or new or retry or assigned)
 
     # The calls.
 
