@@ -286,3 +286,23 @@ async def test_a_killed_workers_record_is_shown_stale_and_not_counted(console, r
     assert overview["workers_alive"] == 1 and overview["jobs_running"] == 3
     page = await (await console.get("/ops/", headers=BEARER)).text()
     assert page.count("stale: killed or stuck?") == 1
+
+
+async def test_the_overview_says_when_dialing_or_the_account_is_paused(
+    console, console_settings, redis_client: Redis
+):
+    from ringez_worker.api import Priority, RedisRateLimiter
+
+    assert console_settings.ringez_api_key is not None
+    limiter = RedisRateLimiter.for_api_key(redis_client, console_settings.ringez_api_key)
+    page = await (await console.get("/ops/", headers=BEARER)).text()
+    assert 'id="paused"' not in page
+    await limiter.pause(3600, "429 from POST /calls/initiate", Priority.DIAL)
+    page = await (await console.get("/ops/", headers=BEARER)).text()
+    assert "API requests of class dial</b> paused for 60.0 more min" in page
+    assert "429 from POST /calls/initiate" in page and "Every API request" not in page
+    overview = await (await console.get("/ops/api/overview", headers=BEARER)).json()
+    assert [p["scope"] for p in overview["budget"]["paused"]] == ["dial"]
+    await limiter.pause(120, "429 from GET /wallet/balance")
+    overview = await (await console.get("/ops/api/overview", headers=BEARER)).json()
+    assert [p["scope"] for p in overview["budget"]["paused"]] == ["account", "dial"]

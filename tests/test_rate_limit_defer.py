@@ -182,3 +182,44 @@ async def test_a_deferred_job_keeps_its_tries_and_reruns_only_the_limited_handle
     assert int(await redis_client.get("t:limited")) == 4
     assert int(await redis_client.get("t:ok")) == 1
     assert not await redis_client.hexists("rz:failed", did)
+
+
+async def test_a_429_on_a_dial_pauses_dialing_only(redis_url, redis_client):
+    # bench/callback_chaos.py at 300 requests: the session's calls_per_hour answered the
+    # 101st dial with 429 and an hour's Retry-After, the account paused, and every live
+    # transfer waited the hour behind it. A 429 on a dial now pauses the DIAL class only.
+    from ringez_worker.api import Priority
+    from ringez_worker.sandbox import SandboxConfig, start_sandbox
+
+    sandbox = await start_sandbox(SandboxConfig(calls_per_hour=1, pacing_seconds=0.05))
+    settings = make_settings(
+        redis_url, ringez_api_url=sandbox.api_url, ringez_api_key="sk_test_dials"
+    )
+    client = RingezClient.from_settings(settings, redis=redis_client)
+    dial = client.with_priority(Priority.DIAL).calls
+    try:
+        session = sandbox.sandbox.state.create_session(initial_minutes=60).session_id
+        first = await dial.initiate(
+            session_id=session, to_number="+14155550101", idempotency_key="d1"
+        )
+        with pytest.raises(RateLimited):
+            await dial.initiate(session_id=session, to_number="+14155550102", idempotency_key="d2")
+        limiter = client.rate_limiter
+        assert limiter is not None
+        assert await limiter.paused_for(Priority.DIAL) > HOUR - 60
+        assert await limiter.paused_for() == 0  # the account is not paused
+        sent = len(sandbox.app[REQUEST_LOG])
+        with pytest.raises(RateLimitWaitExceeded):  # a third dial is held, not sent
+            await dial.initiate(session_id=session, to_number="+14155550103", idempotency_key="d3")
+        assert len(sandbox.app[REQUEST_LOG]) == sent
+
+        async def answered() -> bool:
+            return (await client.calls.get(first.call_id)).status == "in-progress"
+
+        await wait_for(answered, what="the first call answered")  # a BACKGROUND read goes out
+        await client.with_priority(Priority.LIVE).calls.transfer(first.call_id, "+14155550900")
+        call = sandbox.sandbox.state.calls[first.call_id]
+        assert call.transferred_to == "+14155550900"
+    finally:
+        await client.aclose()
+        await sandbox.close()

@@ -22,18 +22,18 @@ log = get_logger("ringez.api.ratelimit")
 
 # Two gates, both on the Redis server's clock in ms (one clock for every process,
 # whatever their hosts' clocks say):
-# 1. The account-wide pause (KEYS[2]): while the API has told us to back off (a 429 with
-#    Retry-After), nobody sends anything; answer the time left.
+# 1. The pauses: while the API has told us to back off (a 429 with a long Retry-After),
+#    nobody sends anything (the account pause, KEYS[2]), or nobody of the caller's class
+#    (the class pause, KEYS[3]: a 429 on a dial, api/transport.py); answer the time left.
 # 2. The budget (KEYS[1]), a sliding-window log: one sorted set member per granted
 #    request. Trim what fell out of the window, grant if there is room, else say how long
 #    until the oldest grant leaves it.
 # Atomic, so N processes never grant more than `limit` between them, nor any in a pause.
 # ARGV[1] is the caller's class ceiling (api/priority.py): a lower class is refused once
-# the window holds its ceiling, and waits until enough grants leave for it to fit. The
-# API's 429 pause stops the whole account, whatever the class.
+# the window holds its ceiling, and waits until enough grants leave for it to fit.
 _SLIDING_WINDOW = LuaScript(
     """
-local paused = redis.call('PTTL', KEYS[2])
+local paused = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[3]))
 if paused > 0 then return paused end
 local key = KEYS[1]
 local ceiling = tonumber(ARGV[1])
@@ -70,8 +70,9 @@ class RateLimiter(Protocol):
 
     async def acquire(self, priority: Priority = Priority.LIVE) -> None: ...
 
-    async def pause(self, seconds: float, reason: str = "") -> None:
-        """The API asked the whole account to wait `seconds` (a 429's Retry-After)."""
+    async def pause(self, seconds: float, reason: str = "", scope: Priority | None = None) -> None:
+        """The API asked the whole account (`scope` None), or one class of requests, to
+        wait `seconds` (a 429's Retry-After)."""
         ...
 
 
@@ -83,7 +84,8 @@ def api_key_fingerprint(api_key: str | SecretStr) -> str:
 
 class RedisRateLimiter:
     """At most `limit` requests in any `period` seconds, across all processes sharing `key`,
-    and none at all while the account is paused (`pause`, kept at `key` + ":pause").
+    and none at all while the account is paused (`pause`, kept at `key` + ":pause"), nor
+    any of a class while that class is paused (`key` + ":pause:<class>").
 
     Each priority class below LIVE stops short of `limit` (`reserve_live`, api/priority.py),
     so live-call actions find room when dialing or polling has filled the window."""
@@ -140,12 +142,15 @@ class RedisRateLimiter:
     def __repr__(self) -> str:
         return f"RedisRateLimiter(key={self.key!r}, limit={self.limit}, period={self.period})"
 
+    def _pause_key(self, scope: Priority | None) -> str:
+        return self.pause_key if scope is None else f"{self.pause_key}:{scope.label}"
+
     async def try_acquire(self, priority: Priority = Priority.LIVE) -> float:
         """Take one request from the budget if there is room for `priority`: 0.0, else
         seconds to wait."""
         wait_ms = await _SLIDING_WINDOW(
             self.redis,
-            [self.key, self.pause_key],
+            [self.key, self.pause_key, self._pause_key(priority)],
             [self.ceilings[priority], self._window_ms, uuid.uuid4().hex],
         )
         return int(wait_ms) / 1000
@@ -161,22 +166,46 @@ class RedisRateLimiter:
         back off before the budget runs out (the quality monitor's floor)."""
         return max(0.0, 1.0 - await self.used() / self.limit)
 
-    async def pause(self, seconds: float, reason: str = "") -> None:
-        """Stop every process sharing this budget for `seconds` (never shortening a pause).
+    async def pause(self, seconds: float, reason: str = "", scope: Priority | None = None) -> None:
+        """Stop every process sharing this budget for `seconds`: all requests, or only
+        those of class `scope` (never shortening a pause).
 
         Best effort: with Redis away, only this request's caller waits."""
         ms = max(1, round(seconds * 1000))
         try:
-            await _PAUSE(self.redis, [self.pause_key], [ms, reason or "paused"])
+            await _PAUSE(self.redis, [self._pause_key(scope)], [ms, reason or "paused"])
         except RedisError as exc:
             log.warning("ringez.ratelimit.pause_failed", error=type(exc).__name__)
             return
-        log.warning("ringez.ratelimit.paused", pause_s=round(seconds, 3), reason=reason)
+        log.warning(
+            "ringez.ratelimit.paused",
+            pause_s=round(seconds, 3),
+            reason=reason,
+            scope="account" if scope is None else scope.label,
+        )
 
-    async def paused_for(self) -> float:
-        """Seconds the account stays paused (0.0 when it is not)."""
-        ms = await self.redis.pttl(self.pause_key)
+    async def paused_for(self, scope: Priority | None = None) -> float:
+        """Seconds the account (or class `scope`, by its own pause) stays paused; 0.0
+        when it is not."""
+        ms = await self.redis.pttl(self._pause_key(scope))
         return max(0, int(ms)) / 1000
+
+    async def pauses(self) -> list[tuple[str, float, str]]:
+        """Every pause in force: (scope, seconds left, reason), the account's first."""
+        scopes: list[Priority | None] = [None, *Priority]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.pttl(self._pause_key(scope))
+                pipe.get(self._pause_key(scope))
+            raw = await pipe.execute()
+        found = []
+        for i, scope in enumerate(scopes):
+            ms, reason = raw[2 * i], raw[2 * i + 1]
+            if int(ms) > 0:
+                label = "account" if scope is None else scope.label
+                text = reason.decode() if isinstance(reason, bytes) else str(reason or "")
+                found.append((label, int(ms) / 1000, text))
+        return found
 
     async def acquire(self, priority: Priority = Priority.LIVE) -> None:
         """Wait until the budget allows one more request of `priority`; raise if that takes

@@ -202,7 +202,7 @@ class HttpTransport:
                         isinstance(error, RateLimited)
                         and (retry_after or 0) > self.retry.max_retry_after
                     ):
-                        await self._pause_account(retry_after, f"{status} from {method} {path}")
+                        await self._pause(retry_after, f"{status} from {method} {path}", priority)
                     delay = self._retry_delay(
                         error, status, attempt, retry_after, policy.max_attempts
                     )
@@ -230,17 +230,22 @@ class HttpTransport:
             await asyncio.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _pause_account(self, seconds: float | None, reason: str) -> None:
+    async def _pause(self, seconds: float | None, reason: str, priority: Priority) -> None:
         # A wait longer than this request sleeps through is about the account, not the
         # request: every handler and worker sharing the limiter waits too (or defers its
         # job) instead of collecting 429s of its own. A short one is slept through here,
         # as before; pausing everyone for it too stalled live calls (the chaos run's
         # angry callers hung up waiting for their transfer).
+        # A 429 on a dial pauses dialing only: the contract's per-session
+        # `calls_per_hour` answers dials that way, and an account pause for it held every
+        # live transfer for the hour (bench/callback_chaos.py at 300 requests). Were it
+        # the account's budget instead, the next request of another class meets its own
+        # 429 and pauses the account.
         if seconds is None:
             return
         pause = getattr(self.rate_limiter, "pause", None)
         if pause is not None:
-            await pause(seconds, reason)
+            await pause(seconds, reason, Priority.DIAL if priority is Priority.DIAL else None)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
         """The answer's body, refused as soon as it is known to exceed the cap: from

@@ -78,7 +78,13 @@ async def _budget(redis: Redis, keys: Keys, settings: Settings) -> dict[str, Any
     )
     used = await limiter.used()
     limit = limiter.limit
-    return {"used": used, "left": max(0, limit - used), "limit": limit}
+    # A 429 with a long Retry-After holds the account, or one class (dialing), for that
+    # long: say so, or a stalled campaign or callback queue looks like a bug.
+    paused = [
+        {"scope": scope, "minutes": round(seconds / 60, 1), "reason": reason}
+        for scope, seconds, reason in await limiter.pauses()
+    ]
+    return {"used": used, "left": max(0, limit - used), "limit": limit, "paused": paused}
 
 
 @dataclass
