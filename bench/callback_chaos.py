@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=10)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kill-every", type=float, default=0.3, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     server = RedisServer().start()
@@ -39,7 +40,7 @@ def main() -> int:
                     agents=agents_roster(args.agents),
                     workers=args.workers,
                     kills=args.kills,
-                    kill_every=0.75,
+                    kill_every=args.kill_every,
                     seed=args.seed,
                     deadline_s=600,
                 )

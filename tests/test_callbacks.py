@@ -18,6 +18,7 @@ from ringez_worker.agents.callbacks.agent import schedule_pass
 from ringez_worker.agents.callbacks.models import CallbackRequest
 from ringez_worker.agents.callbacks.roster import RosterError, parse_roster
 from ringez_worker.agents.callbacks.store import CallbackStore
+from ringez_worker.api import RingezClient
 from ringez_worker.keys import Keys
 from ringez_worker.sandbox.config import BUSY
 from ringez_worker.worker.receiver import create_app
@@ -240,6 +241,53 @@ async def test_a_dial_a_killed_worker_left_is_dialed_again_with_nothing_else_wai
         dials = stack.requests("/calls/initiate")
         assert [d["json"]["idempotency_key"] for d in dials] == ["callback:cb_left:1"]
         assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
+
+
+async def test_a_dial_left_past_the_apis_dedupe_window_is_found_not_placed_again(
+    redis_url, redis_client, tmp_path
+):
+    # The API forgets an idempotency key after 5 minutes: a dial a dead worker left that
+    # long ago, resent with its key, could ring the customer a second time. The pass
+    # looks in the session's call history first and takes the call it finds.
+    config = agents_config(callback_dial_stale_seconds=2.0)
+    async with agent_stack(
+        redis_url,
+        agent_config=config,
+        callbacks_token=TOKEN,
+        # The ten minutes since that dial: the API's dedupe window has passed.
+        sandbox_config={"talk_seconds": 5, "idempotency_window_seconds": 0},
+    ) as stack:
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        store = CallbackStore(redis_client)
+        body = CallbackRequest(customer_id="c", phone="+14155550078").model_dump_json().encode()
+        long_ago = int(time.time() * 1000) - 10 * 60 * 1000
+        await store.add("cb_old", body, "general", "en", None, long_ago)
+        await store.queue("cb_old", 0, long_ago, long_ago)
+        assert await store.assign(long_ago) == ("cb_old", "ana", 1)
+        assert await store.claim_dial("cb_old", 1, long_ago) == 1
+        # The dial that went out before the worker died (its answer never written down).
+        hand = RingezClient(stack.sandbox.api_url, "sk_test_agents", "hand")
+        try:
+            left = await hand.calls.initiate(
+                session_id=stack.config.callback_session_id,
+                to_number="+14155550078",
+                from_number="+14155550900",
+                idempotency_key="callback:cb_old:1",
+            )
+        finally:
+            await hand.aclose()
+        await schedule_pass(redis_client, Keys())
+
+        async def done() -> bool:
+            return (await states(redis_client, ["cb_old"]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the left call taken and the request done")
+        record = await redis_client.hgetall("rz:callback:cb_old")
+        assert record[b"call_id"].decode() == left.call_id and record[b"tries"] == b"1"
+        assert len(stack.requests("/calls/initiate")) == 1  # the hand one: no second dial
+        assert [t["json"]["parameters"]["transfer_to"] for t in stack.transfers(left.call_id)] == [
+            "+14155550900"
+        ]
 
 
 def assert_never_over(state: Any, limits: dict[str, int]) -> None:

@@ -36,10 +36,17 @@ from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
 from ringez_worker.keys import Keys
+from ringez_worker.timestamps import parse_timestamp
 
 ASSIGN = "callbacks.assign"
 FIELDS = ["created_ms", "skill", "language"]  # what a pass's observation reads of a request
 CALL_MAP_TTL_SECONDS = 24 * 3600
+# `calls/initiate` dedupes an idempotency key for 5 minutes (the contract). A dial claimed
+# longer ago than this may have gone out and been forgotten by the API: a resend with
+# the same key could place a second call, so the session's call history is read first.
+DEDUPE_TRUST_MS = 4 * 60 * 1000
+HISTORY_PAGES = 20  # of 100 calls, newest first, looked through for a left dial
+FINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer"})
 
 CustomerInfo = Callable[[CallbackRequest], Any]
 
@@ -176,6 +183,14 @@ class CallbackAgent:
             await self._end_dial(ctx, store, rid, "CALLBACK_SESSION_ID is not set")
             return
         dial = ctx.ringez.with_priority(Priority.DIAL).calls
+        since_ms = int(record.get("dial_ms") or 0)
+        if claim == 2 and _ms() - since_ms > DEDUPE_TRUST_MS:
+            # A dial left this long ago: the API no longer knows its key. If it went out,
+            # the call is in the session's history: take that one instead of a second.
+            found = await self._left_call(ctx, session_id, request.phone, since_ms)
+            if found is not None:
+                await self._adopt(ctx, store, rid, n, found)
+                return
         try:
             call = await dial.initiate(
                 session_id=session_id,
@@ -192,6 +207,42 @@ class CallbackAgent:
         if self.metrics is not None:
             self.metrics.dials.inc()
         ctx.log.info("callbacks.dialed", request_id=rid, call_id=call.call_id, attempt=n)
+
+    async def _left_call(
+        self, ctx: Context, session_id: str, phone: str, since_ms: int
+    ) -> dict[str, Any] | None:
+        """The session's call to `phone` created since `since_ms` (less a minute of clock
+        skew), newest first; None when there is none."""
+        calls = ctx.ringez.with_priority(Priority.DIAL).calls
+        floor = since_ms - 60_000
+        for page in range(HISTORY_PAGES):
+            got = await calls.history(session_id, limit=100, offset=page * 100)
+            for call in got.calls:
+                try:
+                    created = int(parse_timestamp(call.get("created_at")).timestamp() * 1000)
+                except ValueError:
+                    continue
+                if created < floor:
+                    return None  # newest first: the rest are older still
+                if call.get("to_number") == phone:
+                    return call
+            if not got.pagination or not got.pagination.has_more:
+                return None
+        return None
+
+    async def _adopt(
+        self, ctx: Context, store: CallbackStore, rid: str, n: int, call: dict[str, Any]
+    ) -> None:
+        """Write down a left dial's call as this assignment's; if it already ended (its
+        webhooks found no request to move), end the assignment as its webhook would have."""
+        call_id = str(call.get("call_id"))
+        await store.dialed(rid, n, call_id, _ms(), CALL_MAP_TTL_SECONDS)
+        ctx.log.warning("callbacks.dial_adopted", request_id=rid, call_id=call_id, attempt=n)
+        status = call.get("status")
+        if status in FINAL_STATUSES:
+            await self._finish(ctx, store, rid, call_id, "failed", f"left dial {status}")
+        elif status == "in-progress":
+            await self._connect(ctx, store, rid, call_id)  # its call.answered went unheard
 
     async def _end_dial(self, ctx: Context, store: CallbackStore, rid: str, why: str) -> None:
         state = await self._finish(ctx, store, rid, "", "failed", why)
@@ -276,6 +327,10 @@ class CallbackAgent:
             if ctx.job_try <= 2 and await ctx.redis.zcard(store.keys.assigned):
                 raise NotMappedYet(f"no callback request for {call_id} yet")
             return
+        await self._connect(ctx, store, rid, call_id)
+
+    async def _connect(self, ctx: Context, store: CallbackStore, rid: str, call_id: str) -> None:
+        """Transfer the answered call to its agent, once (a redelivery finds it moved on)."""
         took = await store.step(rid, call_id, "calling", "transferring", _ms())
         record = await store.get(rid) or {}
         if not took and record.get("state") != "transferring":
