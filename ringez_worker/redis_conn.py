@@ -14,10 +14,15 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from ringez_worker.redis_url import is_sentinel_url, parse_sentinel_url, url_password
 from ringez_worker.settings import Settings
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than asked for confirmed a write in time (REDIS_WAIT_REPLICAS: the
+    web process answers 503, so the sender retries instead of trusting a lost write)."""
 
 
 def _retry() -> Retry:

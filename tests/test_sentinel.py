@@ -6,6 +6,7 @@ import collections
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
@@ -167,3 +168,38 @@ async def test_no_2xx_until_the_replicas_confirm(redis_url: str) -> None:
         assert ready.status == 200
     finally:
         await client.close()
+
+
+async def test_post_callbacks_answers_202_only_once_the_replicas_have_it() -> None:
+    # POST /callbacks holds the same promise as the webhook receiver: with
+    # REDIS_WAIT_REPLICAS, 202 only once that many replicas confirmed the request.
+    master = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"]).start()
+    replica = RedisServer(
+        extra_args=["--replicaof", "127.0.0.1", str(master.port), "--repl-diskless-sync-delay", "0"]
+    ).start()
+    token = "wait-token-0123456789abcdef"
+    headers = {"Authorization": f"Bearer {token}"}
+    body = orjson.dumps({"customer_id": "c1", "phone": "+14155550123"})
+    try:
+        follower = Redis(port=replica.port)
+        try:
+            await wait_for(lambda: _is(_role(follower), "slave"), 20, what="replica in sync")
+        finally:
+            await follower.aclose()
+        for wanted, status in ((1, 202), (2, 503)):  # two replicas asked, one exists
+            settings = make_settings(
+                master.url,
+                callbacks_token=token,
+                redis_wait_replicas=wanted,
+                redis_wait_timeout_ms=200,
+            )
+            client = TestClient(TestServer(create_app(settings)))
+            await client.start_server()
+            try:
+                resp = await client.post("/callbacks", data=body, headers=headers)
+                assert resp.status == status, await resp.text()
+            finally:
+                await client.close()
+    finally:
+        replica.cleanup()
+        master.cleanup()

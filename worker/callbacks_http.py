@@ -36,9 +36,15 @@ def _json(status: int, payload: dict, **headers: str) -> web.Response:
 
 
 def add_callback_routes(
-    app: web.Application, redis: Callable[[], Redis], keys: Keys, token: str, path: str
+    app: web.Application,
+    redis: Callable[[], Redis],
+    keys: Keys,
+    token: str,
+    path: str,
+    wait: tuple[int, int] = (0, 1000),
 ) -> None:
-    """Serve `POST path` with `redis()` (the web process's client) and `keys`."""
+    """Serve `POST path` with `redis()` (the web process's client) and `keys`; `wait`:
+    (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS), as the webhook receiver waits."""
     expected = f"Bearer {token}".encode()
 
     async def post(request: web.Request) -> web.Response:
@@ -68,7 +74,14 @@ def add_callback_routes(
             errors = {"Idempotency-Key": f"1 to {MAX_IDEMPOTENCY_KEY} characters"}
             return _json(422, {"error": "invalid_request", "errors": errors})
         try:
-            added = await add_callback(redis(), keys, model, idempotency_key=idem)
+            added = await add_callback(
+                redis(),
+                keys,
+                model,
+                idempotency_key=idem,
+                wait_replicas=wait[0],
+                wait_timeout_ms=wait[1],
+            )
         except (RedisError, OSError) as exc:
             log.warning("callbacks.store_failed", error=type(exc).__name__)
             return _json(

@@ -22,11 +22,12 @@ from typing import cast
 
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ringez_worker.jobs import job_bytes
 from ringez_worker.keys import BUCKET_MS, Keys
 from ringez_worker.lua import Arg, LuaScript
+from ringez_worker.redis_conn import NotReplicated
 from ringez_worker.tracing import TRACING
 from ringez_worker.transcripts import redact_body
 from ringez_worker.worker.activity import STATS_TTL_SECONDS
@@ -41,10 +42,6 @@ _pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 # batch's span links it).
 _Item = tuple[str, str, bytes, int, bytes, int, str, bytes]
 _Pending = tuple[_Item, asyncio.Future[bool], object]
-
-
-class NotReplicated(RedisError):
-    """Fewer replicas than asked for confirmed a write in time (the receiver answers 503)."""
 
 
 # KEYS: the queue, this minute's counters, the delivery log, then (dedupe bucket, job key)

@@ -193,7 +193,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         from ringez_worker.worker.callbacks_http import add_callback_routes
 
         token = settings.callbacks_token.get_secret_value()
-        add_callback_routes(app, lambda: app[REDIS], keys, token, "/callbacks")
+        wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+        add_callback_routes(app, lambda: app[REDIS], keys, token, "/callbacks", wait)
     app.cleanup_ctx.append(_redis_ctx(redis))
     return app
 

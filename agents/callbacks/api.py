@@ -33,10 +33,14 @@ async def add_callback(
     request: CallbackRequest | dict[str, Any],
     *,
     idempotency_key: str | None = None,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 1000,
 ) -> Added:
     """Store a request durably and queue an assignment pass. Raises pydantic's
     ValidationError for bad input; with an idempotency key, a replay of the same body
-    is the same request and a different body is a conflict (nothing stored)."""
+    is the same request and a different body is a conflict (nothing stored).
+    `wait_replicas`: as REDIS_WAIT_REPLICAS, durable on that many replicas too, or
+    NotReplicated."""
     model = request if isinstance(request, CallbackRequest) else CallbackRequest(**request)
     body = orjson.dumps(model.model_dump(), option=orjson.OPT_SORT_KEYS)
     store = CallbackStore(redis, keys.prefix)
@@ -47,6 +51,8 @@ async def add_callback(
         model.language,
         idempotency_key,
         int(time.time() * 1000),
+        wait_replicas,
+        wait_timeout_ms,
     )
     if status == "new":
         # Durable already: a pass that fails to queue here is made by the next trigger

@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ringez_worker.lua import Arg, LuaScript
+from ringez_worker.redis_conn import NotReplicated
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 WAITING = ("new", "queued", "retry")
@@ -289,9 +290,20 @@ class CallbackStore:
         self.keys = CallbackKeys(prefix)
 
     async def add(
-        self, request_id: str, body: bytes, skill: str, language: str, idem: str | None, now_ms: int
+        self,
+        request_id: str,
+        body: bytes,
+        skill: str,
+        language: str,
+        idem: str | None,
+        now_ms: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> tuple[str, str]:
-        """Store a new request (state `new`); (id, "new" | "same" | "conflict")."""
+        """Store a new request (state `new`); (id, "new" | "same" | "conflict").
+
+        `wait_replicas` (REDIS_WAIT_REPLICAS): WAIT for that many replicas on the same
+        connection, in the same round trip; NotReplicated when fewer confirm in time."""
         k = self.keys
         keys = [k.request(request_id), k.new] + ([k.idempotency(idem)] if idem else [])
         digest = hashlib.sha256(body).hexdigest()
@@ -304,7 +316,16 @@ class CallbackStore:
             skill,
             language,
         ]
-        rid, verdict = await _ADD(self.redis, keys, args)
+        if not wait_replicas:
+            rid, verdict = await _ADD(self.redis, keys, args)
+            return _text(rid), _text(verdict)
+        # WAIT counts this connection's writes: one pipeline keeps both on one connection.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ADD(pipe, keys, args)
+            pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
+            (rid, verdict), acked = await pipe.execute()
+        if int(acked) < wait_replicas:
+            raise NotReplicated(f"{acked} of {wait_replicas} replicas confirmed the request")
         return _text(rid), _text(verdict)
 
     async def queue(self, request_id: str, priority: int, created_ms: int, now_ms: int) -> bool:
