@@ -92,9 +92,11 @@ async def run_dev(
     )
     settings = settings.model_copy(update={"ringez_api_url": sandbox.api_url})
     callbacks_token = None
+    made_files: list[str] = []
     if dev_callbacks.NAME in scenarios:
         # Before the worker is made: it reads the callback agent's settings from the env.
-        callbacks_token = dev_callbacks.prepare(sandbox.sandbox)
+        callbacks_token, roster_file = dev_callbacks.prepare(sandbox.sandbox)
+        made_files.append(roster_file)
         settings = settings.model_copy(update={"callbacks_token": _secret(callbacks_token)})
         scenarios = tuple(s for s in scenarios if s != dev_callbacks.NAME)
 
@@ -170,6 +172,9 @@ async def run_dev(
         if console_runner is not None:
             await console_runner.cleanup()
         await sandbox.close()
+        for path in made_files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         if embedded is not None:
             await asyncio.to_thread(embedded.cleanup)
     return 0

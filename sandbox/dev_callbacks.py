@@ -36,9 +36,10 @@ REQUESTS = (
 FINAL = {"done", "failed", "cancelled"}
 
 
-def prepare(sandbox: Any) -> str:
+def prepare(sandbox: Any) -> tuple[str, str]:
     """Configure the worker's callback agent through the environment (as a deployment
-    would); returns the CALLBACKS_TOKEN for the receiver."""
+    would); returns the CALLBACKS_TOKEN for the receiver and the roster file written (the
+    caller removes it when dev stops)."""
     session = sandbox.state.create_session(initial_minutes=600).session_id
     roster = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ringez-roster-", delete=False)
     roster.write(ROSTER)
@@ -51,7 +52,7 @@ def prepare(sandbox: Any) -> str:
     os.environ.setdefault("CALLBACK_SWEEP_SECONDS", "1")
     os.environ.setdefault("CALLBACK_RETRY_AFTER_SECONDS", "1")
     os.environ.setdefault("CALLBACK_MAX_TRIES", "2")
-    return secrets.token_urlsafe(16)
+    return secrets.token_urlsafe(16), roster.name
 
 
 async def play(base_url: str, token: str, redis: Redis, prefix: str) -> list[str]:

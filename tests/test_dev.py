@@ -88,8 +88,13 @@ def _get(url: str, token: str) -> int:
         return exc.code
 
 
-def test_dev_works_a_small_callback_queue_through():
-    env = {"PORT": str(free_port()), "RINGEZ_WEBHOOK_SECRET": "", "RINGEZ_API_KEY": ""}
+def test_dev_works_a_small_callback_queue_through(tmp_path):
+    env = {
+        "PORT": str(free_port()),
+        "RINGEZ_WEBHOOK_SECRET": "",
+        "RINGEZ_API_KEY": "",
+        "TMPDIR": str(tmp_path),  # where its roster file goes, and is removed from
+    }
     done = run_cli(
         "dev", "--scenarios", "callbacks", "--exit-after-scenarios", env=env, timeout=120
     )
@@ -100,3 +105,4 @@ def test_dev_works_a_small_callback_queue_through():
     assert "priority= 50" in rows["c-vip"] and rows["c-vip"].endswith("-> done")
     assert "agent=ana" in rows["c-billing"]  # the only agent with billing and Spanish
     assert rows["c-busy"].endswith("-> failed (busy)") and "tries=2" in rows["c-busy"]
+    assert not list(tmp_path.glob("ringez-roster-*")), "dev left its roster file behind"
