@@ -92,3 +92,22 @@ def test_the_wheel_ships_the_console_templates_and_static_files(wheel: Path) -> 
     for page in ("base.html", "overview.html", "deliveries.html", "call.html", "failed.html"):
         assert f"{prefix}templates/{page}" in names
     assert {f"{prefix}static/console.js", f"{prefix}static/console.css"} <= names
+
+
+def test_every_base_module_sits_in_a_layer_contract() -> None:
+    # The layers contract names the base modules one by one: a module added to
+    # ringez_worker/ and left out of it could import the runtime and CI would pass.
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    base = {name.strip() for name in layers[-1].split(":")}
+    no_sandbox = next(c for c in contracts if c["name"].startswith("nothing below the CLI"))
+    modules = {
+        f"ringez_worker.{path.stem}"
+        for path in (ROOT / "ringez_worker").glob("*.py")
+        if path.stem != "__init__"
+    }
+    assert modules - base == set(), "add these to the base layer in pyproject.toml"
+    assert modules - set(no_sandbox["source_modules"]) == set()
