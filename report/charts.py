@@ -33,8 +33,11 @@ OUTCOME_COLOURS = {"completed": GREEN, "failed": RED, "busy": ORANGE, "no-answer
 Chart = Callable[[Axes, DayData], None]
 
 
-def _empty(ax: Axes, data: DayData, text: str) -> None:
-    """A sentence instead of an empty axis."""
+def _empty(ax: Axes, data: DayData, chart: str) -> bool:
+    """A sentence instead of an empty axis when `chart` has nothing to draw; True then."""
+    text = data.empty_sentence(chart)
+    if text is None:
+        return False
     ax.set_axis_off()
     ax.text(
         0.5,
@@ -47,6 +50,7 @@ def _empty(ax: Axes, data: DayData, text: str) -> None:
         linespacing=1.6,
         bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#dddddd"},
     )
+    return True
 
 
 def _hours_axis(ax: Axes, data: DayData) -> None:
@@ -78,8 +82,8 @@ def _count_axis(ax: Axes, top: float) -> None:
 
 def volume(ax: Axes, data: DayData) -> None:
     ax.set_title("Call volume by hour")
-    if not data.total_calls:
-        return _empty(ax, data, "no calls on this day")
+    if _empty(ax, data, "volume"):
+        return
     ax.bar([h.hour for h in data.hours], [h.calls for h in data.hours], color=BLUE, width=0.8)
     _hours_axis(ax, data)
     ax.set_ylabel("calls (count)")
@@ -88,9 +92,9 @@ def volume(ax: Axes, data: DayData) -> None:
 
 def outcomes(ax: Axes, data: DayData) -> None:
     ax.set_title("Call outcomes")
+    if _empty(ax, data, "outcomes"):
+        return
     totals = data.outcome_totals()
-    if not sum(totals.values()):
-        return _empty(ax, data, "no ended calls on this day")
     names = list(OUTCOMES)
     counts = [totals[o] for o in names]
     bars = ax.barh(names, counts, color=[OUTCOME_COLOURS[o] for o in names], height=0.6)
@@ -104,14 +108,9 @@ def outcomes(ax: Axes, data: DayData) -> None:
 
 def durations(ax: Axes, data: DayData) -> None:
     ax.set_title("Call durations (completed calls)")
-    seconds = [
-        float(s["duration"])
-        for s in data.summaries
-        if s.get("outcome") == "completed" and s.get("duration") is not None
-    ]
-    if not seconds:
-        return _empty(ax, data, "no completed calls on this day")
-    minutes = sorted(s / 60 for s in seconds)
+    if _empty(ax, data, "durations"):
+        return
+    minutes = sorted(s / 60 for s in data.completed_seconds())
     # Bins sized to the bulk of the calls (up to the 98th percentile); the few longer
     # ones go into the last bar instead of stretching the axis into empty space.
     cap = (
@@ -137,8 +136,8 @@ def durations(ax: Axes, data: DayData) -> None:
 
 def cost(ax: Axes, data: DayData) -> None:
     ax.set_title("Cost by hour")
-    if not any(h.cost for h in data.hours):
-        return _empty(ax, data, "no call cost on this day")
+    if _empty(ax, data, "cost"):
+        return
     ax.bar([h.hour for h in data.hours], [h.cost for h in data.hours], color=PURPLE, width=0.8)
     _hours_axis(ax, data)
     ax.set_ylabel("cost (account currency)")
@@ -147,8 +146,8 @@ def cost(ax: Axes, data: DayData) -> None:
 
 def agent_actions(ax: Axes, data: DayData) -> None:
     ax.set_title("Escalations (transfers) and recharges by hour")
-    if not data.transfers and not data.recharges:
-        return _empty(ax, data, "no escalations or recharges on this day")
+    if _empty(ax, data, "actions"):
+        return
     hours = [h.hour for h in data.hours]
     ax.bar(
         [h - 0.2 for h in hours],
@@ -172,8 +171,8 @@ def agent_actions(ax: Axes, data: DayData) -> None:
 
 def quality(ax: Axes, data: DayData) -> None:
     ax.set_title("Call quality (MOS) distribution")
-    if not data.mos:
-        return _empty(ax, data, "no quality data for this day's calls")
+    if _empty(ax, data, "quality"):
+        return
     edges = [1 + i * 0.25 for i in range(17)]  # MOS runs from 1 (bad) to 5 (excellent)
     counts, _, _ = ax.hist(data.mos, bins=edges, color=BLUE, edgecolor="white")
     ax.axvline(3.5, color=RED, linestyle="--", linewidth=1, label="3.5: low quality below")

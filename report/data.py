@@ -75,6 +75,31 @@ class DayData:
     def outcome_totals(self) -> dict[str, int]:
         return {o: sum(h.outcomes[o] for h in self.hours) for o in OUTCOMES}
 
+    def completed_seconds(self) -> list[float]:
+        """Durations of the day's completed calls (the durations chart)."""
+        return [
+            float(s["duration"])
+            for s in self.summaries
+            if s.get("outcome") == "completed" and s.get("duration") is not None
+        ]
+
+    def empty_sentence(self, chart: str) -> str | None:
+        """Why `chart` has nothing to draw, or None when it has: one sentence that the
+        chart shows instead of an empty axis and the page repeats as text."""
+        nothing = {
+            "volume": (not self.total_calls, "no calls on this day"),
+            "outcomes": (not sum(self.outcome_totals().values()), "no ended calls on this day"),
+            "durations": (not self.completed_seconds(), "no completed calls on this day"),
+            "cost": (not any(h.cost for h in self.hours), "no call cost on this day"),
+            "actions": (
+                not self.transfers and not self.recharges,
+                "no escalations or recharges on this day",
+            ),
+            "quality": (not self.mos, "no quality data for this day's calls"),
+        }
+        empty, sentence = nothing[chart]
+        return sentence if empty else None
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -77,7 +77,20 @@ th, td { text-align: left; padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; 
 td.value { font-variant-numeric: tabular-nums; font-weight: 600; }
 td.source { color: #666; font-size: 0.9em; }
 figure { margin: 0 0 1.5em; } figure img { max-width: 100%; }
+figcaption.empty { color: #666; font-size: 0.9em; }
 """
+
+
+def _figure(name: str, title: str, png: bytes, empty: str | None) -> str:
+    # A chart with nothing to draw says so in the page's text too (screen readers, search,
+    # a page read without its images), not only inside the PNG.
+    e = html.escape
+    alt = f"{title}: {empty}" if empty else title
+    caption = f'<figcaption class="empty">{e(title)}: {e(empty)}</figcaption>' if empty else ""
+    return (
+        f'<figure><img data-chart="{name}" alt="{e(alt)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">{caption}</figure>'
+    )
 
 
 def build_page(data: DayData, charts: dict[str, bytes]) -> str:
@@ -91,9 +104,8 @@ def build_page(data: DayData, charts: dict[str, bytes]) -> str:
         for key, label, value, source in rows(data)
     )
     figures = "\n".join(
-        f'<figure><img data-chart="{name}" alt="{e(alt)}" '
-        f'src="data:image/png;base64,{base64.b64encode(charts[name]).decode()}"></figure>'
-        for name, alt in CHART_TITLES.items()
+        _figure(name, title, charts[name], data.empty_sentence(name))
+        for name, title in CHART_TITLES.items()
         if name in charts
     )
     return f"""<!doctype html>

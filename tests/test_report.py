@@ -117,7 +117,7 @@ async def test_report_of_a_played_day_matches_the_sandbox(redis_url, redis_clien
         png = (tmp_path / f"report-{day.isoformat()}-{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG")
         assert f'data-chart="{name}"' in page
-    assert "no calls on this day" not in page
+    assert 'class="empty"' not in page  # every chart had something to draw
 
 
 async def test_an_empty_day_says_so(redis_url, tmp_path):
@@ -128,9 +128,43 @@ async def test_an_empty_day_says_so(redis_url, tmp_path):
             stack.settings, report, day=day, session_id=None, out=tmp_path, latest=False
         )
     assert code == 0
-    got = metrics_in((tmp_path / f"report-{day.isoformat()}.html").read_text())
+    page = (tmp_path / f"report-{day.isoformat()}.html").read_text()
+    got = metrics_in(page)
     assert (got["total_calls"], got["peak_hour"], got["recharges"]) == ("0", "-", "0")
     assert len(list(tmp_path.glob("*.png"))) == len(CHARTS)
+    # Each chart says why it is empty in the page's text too, not only in its PNG.
+    captions = re.findall(r'<figcaption class="empty">([^<]+)</figcaption>', page)
+    assert len(captions) == len(CHARTS), captions
+    assert "call volume by hour: no calls on this day" in captions
+    assert 'alt="call durations: no completed calls on this day"' in page
+    # Each number names where it comes from: the API's figures and the service's records.
+    sources = dict(re.findall(r'data-metric="(\w+)">[^<]*</td><td class="source">([^<]+)<', page))
+    assert sources["total_calls"] == "API analytics/call-metrics (group_by=hour)"
+    assert sources["summary_cost"] == "call summaries (Redis rz:summary:*)"
+    assert sources["recharges"] == "recharge records (Redis, one per charge)"
+
+
+async def test_reports_kept_are_the_newest_report_keep_and_none_over_the_size_cap(redis_client):
+    from ringez_worker.report.store import ReportTooLarge, latest_report, save_report
+
+    keys = Keys()
+    for n in range(5):
+        page = f"<html><h1>report {n}</h1></html>"
+        await save_report(
+            redis_client, keys, f"r{n}", {"day": f"d{n}"}, page, keep=3, max_bytes=4096
+        )
+    assert [i.decode() for i in await redis_client.lrange(keys.reports, 0, -1)] == [
+        "r4",
+        "r3",
+        "r2",
+    ]
+    for gone in ("r0", "r1"):
+        assert not await redis_client.exists(keys.report(gone))  # trimmed pages go whole
+    with pytest.raises(ReportTooLarge, match="REPORT_MAX_BYTES"):
+        await save_report(redis_client, keys, "big", {}, "x" * 5000, keep=3, max_bytes=4096)
+    assert not await redis_client.exists(keys.report("big"))
+    newest = await latest_report(redis_client, keys)
+    assert newest is not None and "report 4" in newest["html"]
 
 
 async def test_a_charge_is_recorded_once_per_episode(redis_client):
