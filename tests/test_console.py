@@ -117,6 +117,38 @@ async def test_the_cookie_is_secure_when_configured(redis_url: str):
         await client.close()
 
 
+async def test_the_cookie_is_secure_over_tls_without_being_told(redis_url: str):
+    # Served over TLS itself (no proxy in front), the console marks its cookie Secure
+    # even with CONSOLE_SECURE_COOKIE unset; over plain HTTP it does not.
+    import ssl
+
+    import aiohttp
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    settings = make_settings(redis_url, console_token=TOKEN)
+    assert not settings.console_secure_cookie
+    server = TestServer(create_console_app(settings), host="127.0.0.1")
+    await server.start_server(ssl=server_ctx)
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{server.port}/login"
+            async with http.get(url, ssl=client_ctx) as r:
+                assert r.status == 200 and "Secure" in r.headers["Set-Cookie"]
+    finally:
+        await server.close()
+    plain = TestClient(TestServer(create_console_app(settings)))
+    await plain.start_server()
+    try:
+        assert "Secure" not in (await plain.get("/login")).headers["Set-Cookie"]
+    finally:
+        await plain.close()
+
+
 def test_after_login_only_paths_inside_the_console():
     assert safe_next("/ops", "/ops/failed") == "/ops/failed"
     for bad in ("//evil.example/ops/", "https://evil.example/", "/other", "/ops\\..", None):
@@ -306,3 +338,102 @@ async def test_the_overview_says_when_dialing_or_the_account_is_paused(
     await limiter.pause(120, "429 from GET /wallet/balance")
     overview = await (await console.get("/ops/api/overview", headers=BEARER)).json()
     assert [p["scope"] for p in overview["budget"]["paused"]] == ["account", "dial"]
+
+
+async def test_the_overview_counts_the_budget_and_the_oldest_queued_job(
+    console, console_settings: Settings, redis_client: Redis
+):
+    from ringez_worker.api import RedisRateLimiter
+
+    assert console_settings.ringez_api_key is not None
+    limiter = RedisRateLimiter.for_api_key(
+        redis_client, console_settings.ringez_api_key, limit=console_settings.ringez_rate_limit
+    )
+    for _ in range(3):
+        assert await limiter.try_acquire() == 0
+    now_ms = time.time() * 1000
+    queue = console_settings.queue_name
+    await redis_client.zadd(queue, {"old": now_ms - 12_000, "new": now_ms - 1_000})
+    await redis_client.zadd(queue, {"later": now_ms + 60_000})  # not due: not "oldest"
+    overview = await (await console.get("/ops/api/overview", headers=BEARER)).json()
+    limit = console_settings.ringez_rate_limit
+    assert overview["budget"] == {"used": 3, "left": limit - 3, "limit": limit, "paused": []}
+    assert overview["queue_depth"] == 3
+    assert 11.5 <= overview["oldest_age_s"] <= 20, overview["oldest_age_s"]
+    page = await (await console.get("/ops/", headers=BEARER)).text()
+    assert f">3</span> / {limit}</span>" in page and f">{limit - 3}</span> left" in page
+
+
+async def test_deliveries_filter_by_event_status_session_and_id_prefix(
+    console, console_settings: Settings, redis_client: Redis
+):
+    from ringez_worker.worker.envelope import delivery_id
+    from ringez_worker.worker.receiver import create_app
+
+    router = Router()
+
+    @router.on("call.completed", name="test.ok")
+    async def ok(event, ctx) -> None:
+        pass
+
+    @router.on("call.failed", name="test.broken")
+    async def broken(event, ctx) -> None:
+        raise ValueError("not retryable here")  # a plain error: retried, then failed
+
+    bodies = {
+        "done": event_body("call.completed", call_id="call_f1", session_id="sess_one"),
+        "bad": event_body("call.failed", call_id="call_f2", session_id="sess_two"),
+    }
+    receiver = TestClient(TestServer(create_app(console_settings)))
+    await receiver.start_server()
+    try:
+        async with running_worker(console_settings, router):
+            for body in bodies.values():
+                resp = await receiver.post(
+                    "/webhooks/ringez", data=body, headers=signed_headers(body)
+                )
+                assert resp.status == 202
+
+            async def both_ended() -> bool:
+                got = await redis_client.hexists("rz:failed", delivery_id(bodies["bad"]))
+                return bool(got) and await _run_logged(redis_client)
+
+            await wait_for(both_ended, 30, what="one handled, one failed")
+    finally:
+        await receiver.close()
+    ids = {name: delivery_id(body) for name, body in bodies.items()}
+
+    async def shown(query: str) -> set[str]:
+        text = await (await console.get(f"/ops/deliveries?{query}", headers=BEARER)).text()
+        found = set(re.findall(r"/ops/deliveries/([0-9a-f]{64})", text))
+        return {name for name, did in ids.items() if did in found}
+
+    assert await shown("") == {"done", "bad"}
+    assert await shown("event=call.failed") == {"bad"}
+    assert await shown("status=handled") == {"done"}
+    assert await shown("status=failed") == {"bad"}
+    assert await shown("session_id=sess_one") == {"done"}
+    assert await shown(f"q={ids['bad'][:8].upper()}") == {"bad"}  # prefix, any case
+    assert await shown("event=call.completed&session_id=sess_two") == set()
+
+
+async def test_the_log_keeps_a_day(redis_client: Redis):
+    # DELIVERY_LOG_RETENTION: entries older than the retention go, in whole stream nodes
+    # (XTRIM MINID ~), when the next batch is written.
+    from ringez_worker.keys import Keys
+    from ringez_worker.worker.queue import EventQueue
+
+    two_days_ago = int(time.time() * 1000) - 2 * 86_400_000
+    for i in range(300):
+        await redis_client.xadd("rz:log", {"k": "u", "d": f"{i:064x}"}, id=f"{two_days_ago + i}-0")
+    queue = EventQueue(
+        redis_client, Keys(), dedupe_ttl_ms=60_000, job_ttl_ms=60_000, log_retention_ms=86_400_000
+    )
+    try:
+        assert await queue.enqueue("f" * 64, b'{"event": "x", "data": {}}')
+    finally:
+        await queue.close()
+    entries = await redis_client.xrange("rz:log")
+    assert len(entries) < 100, len(entries)  # the old nodes went
+    newest_id, newest = entries[-1]
+    assert newest[b"k"] == b"r" and int(newest_id.split(b"-")[0]) > two_days_ago + 86_400_000
