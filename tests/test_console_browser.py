@@ -349,3 +349,43 @@ async def test_the_callback_queue_page_shows_agents_and_waiting_requests(
             await browser.screenshot("callbacks")
     finally:
         await redis.aclose()
+
+
+async def test_a_callback_calls_page_shows_the_request_it_was_placed_for(
+    redis_url: str, browser: Browser, tmp_path
+):
+    from tests import test_callbacks as cb
+
+    config = cb.agents_config()
+    async with agent_stack(
+        redis_url,
+        agent_config=config,
+        callbacks_token=cb.TOKEN,
+        console_token=TOKEN,
+        sandbox_config={"talk_seconds": 0.05},
+    ) as stack:
+        redis = Redis.from_url(redis_url)
+        try:
+            await cb.roster(redis, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+            body = cb.request(5, urgency="high")
+            status, answer = await cb.post(cb.callbacks_url(stack), body)
+            assert status == 202, answer
+            rid = answer["request_id"]
+
+            async def done() -> bool:
+                return (await cb.states(redis, [rid]))["done"] == 1
+
+            await wait_for(done, 30, what="the callback done")
+            call_id = (await redis.hget(f"rz:callback:{rid}", "call_id")).decode()
+            await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+            async with console(stack.settings) as base:
+                await login(browser, base, f"/calls/{call_id}")
+                panel = await browser.text("#callback")
+                card = await browser.text("#escalation")
+                await browser.screenshot("call-callback")
+        finally:
+            await redis.aclose()
+    assert rid in panel and "cust5" in panel, panel
+    assert "+***0005" in panel and "+14155550005" not in panel, panel
+    assert "high, 30" in panel and "ana (attempt 1)" in panel and "done" in panel, panel
+    assert card == "connected"  # the queue's own transfer, not an escalation

@@ -9,6 +9,7 @@ from ringez_worker.agents.callbacks.api import (
     cancel,
     list_waiting,
     load_roster_file,
+    request_for_call,
     show,
 )
 from ringez_worker.agents.callbacks.models import CallbackRequest, RosterAgent
@@ -24,5 +25,6 @@ __all__ = [
     "leave_callback_calls_alone",
     "list_waiting",
     "load_roster_file",
+    "request_for_call",
     "show",
 ]

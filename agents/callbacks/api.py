@@ -83,6 +83,15 @@ async def show(redis: Redis, keys: Keys, request_id: str) -> dict[str, str] | No
     return await CallbackStore(redis, keys.prefix).get(request_id)
 
 
+async def request_for_call(redis: Redis, keys: Keys, call_id: str) -> dict[str, str] | None:
+    """The callback request a call was placed for (its record with `id`), or None: the
+    call is not one of the queue's own."""
+    store = CallbackStore(redis, keys.prefix)
+    rid = await store.request_of_call(call_id)
+    record = None if rid is None else await store.get(rid)
+    return None if record is None or rid is None else {"id": rid, **record}
+
+
 async def cancel(redis: Redis, keys: Keys, request_id: str, ttl: int = 7 * 24 * 3600) -> str:
     """Cancel a waiting request; returns its state before ("" if there is none)."""
     return await CallbackStore(redis, keys.prefix).cancel(request_id, int(time.time() * 1000), ttl)

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ringez_worker.agents.callbacks import agents_with_load, list_waiting
+from ringez_worker.agents.callbacks import agents_with_load, list_waiting, request_for_call
 from ringez_worker.agents.phone import is_e164
 from ringez_worker.erasure import Subject
 from ringez_worker.keys import Keys
@@ -251,14 +251,21 @@ async def calls_page(request: web.Request) -> web.Response:
     return _render(request, "calls.html", "calls", calls=data.calls_index(deliveries)[:200])
 
 
+def _shown_request(record: dict[str, str]) -> dict[str, str]:
+    """A callback request as the pages show it: the customer and the number cut to its
+    last four digits read out of the body, the body itself left out."""
+    body = orjson.loads(record.get("body") or "{}")
+    shown = {k: v for k, v in record.items() if k != "body"}
+    shown["customer_id"] = str(body.get("customer_id", ""))
+    shown["urgency"] = str(body.get("urgency", ""))
+    shown["phone"] = mask_phone_numbers(str(body.get("phone", "")))
+    return shown
+
+
 async def callbacks_page(request: web.Request) -> web.Response:
     """The callback queue: agents with their live load, waiting requests in priority order."""
     redis, keys = request.app[REDIS], request.app[KEYS]
-    waiting = await list_waiting(redis, keys, limit=200)
-    for r in waiting:
-        body = orjson.loads(r.get("body") or "{}")
-        r["customer_id"] = str(body.get("customer_id", ""))
-        r["phone"] = mask_phone_numbers(str(body.get("phone", "")))  # last four digits only
+    waiting = [_shown_request(r) for r in await list_waiting(redis, keys, limit=200)]
     return _render(
         request,
         "callbacks.html",
@@ -275,11 +282,13 @@ async def call_page(request: web.Request) -> web.Response:
     view = await data.call_view(request.app[REDIS], request.app[KEYS], deliveries, call_id)
     if view is None:
         raise web.HTTPNotFound(text="no such call in the log")
+    placed = await request_for_call(request.app[REDIS], request.app[KEYS], call_id)
     return _render(
         request,
         "call.html",
         "calls",
         c=view,
+        callback=None if placed is None else _shown_request(placed),
         chart=charts.line(view.sentiments),
         redact=request.app[REDACT].scrub,
     )
