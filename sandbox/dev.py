@@ -91,6 +91,9 @@ async def run_dev(
         port=sandbox_port,
     )
     settings = settings.model_copy(update={"ringez_api_url": sandbox.api_url})
+    if "poor_quality" in scenarios:
+        # The scenario shows the quality monitor, which is opt-in: on for this run.
+        dev_callbacks.enable_agent("quality")
     callbacks_token = None
     made_files: list[str] = []
     if dev_callbacks.NAME in scenarios:

@@ -36,6 +36,14 @@ REQUESTS = (
 FINAL = {"done", "failed", "cancelled"}
 
 
+def enable_agent(name: str) -> None:
+    """Switch an opt-in agent on for this dev run, as a deployment would (AGENTS_ENABLED),
+    keeping whatever else is enabled."""
+    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge")
+    if name not in enabled.split(","):
+        os.environ["AGENTS_ENABLED"] = f"{enabled},{name}" if enabled else name
+
+
 def prepare(sandbox: Any) -> tuple[str, str]:
     """Configure the worker's callback agent through the environment (as a deployment
     would); returns the CALLBACKS_TOKEN for the receiver and the roster file written (the
@@ -44,9 +52,7 @@ def prepare(sandbox: Any) -> tuple[str, str]:
     roster = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ringez-roster-", delete=False)
     roster.write(ROSTER)
     roster.close()
-    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge")
-    if "callbacks" not in enabled.split(","):
-        os.environ["AGENTS_ENABLED"] = f"{enabled},callbacks" if enabled else "callbacks"
+    enable_agent("callbacks")
     os.environ.setdefault("CALLBACK_SESSION_ID", session)
     os.environ.setdefault("CALLBACK_ROSTER", roster.name)
     os.environ.setdefault("CALLBACK_SWEEP_SECONDS", "1")

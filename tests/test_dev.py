@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import tempfile
@@ -106,3 +107,22 @@ def test_dev_works_a_small_callback_queue_through(tmp_path):
     assert "agent=ana" in rows["c-billing"]  # the only agent with billing and Spanish
     assert rows["c-busy"].endswith("-> failed (busy)") and "tries=2" in rows["c-busy"]
     assert not list(tmp_path.glob("ringez-roster-*")), "dev left its roster file behind"
+
+
+def test_dev_poor_quality_turns_the_opt_in_monitor_on_and_shows_what_it_did():
+    # The README's "Try it" line as written: no AGENTS_ENABLED naming `quality`.
+    assert "quality" not in os.environ.get("AGENTS_ENABLED", "")
+    env = {"PORT": str(free_port()), "RINGEZ_WEBHOOK_SECRET": "", "RINGEZ_API_KEY": ""}
+    done = run_cli(
+        "dev",
+        "--scenarios",
+        "poor_quality",
+        "--exit-after-scenarios",
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "critical->switch_codec" in out and "warning->report_issue" in out, out
+    assert "quality   reported issue (status 200)" in out
+    assert "quality   switched codec to OPUS (status 200)" in out

@@ -316,6 +316,17 @@ async def test_a_worker_sigkilled_after_each_action_sends_each_at_most_once(
 
         first = start()
         run = start_scenario(sandbox.sandbox, "poor_quality", str(receiver.make_url(PATH)))
+        most = 0
+
+        async def sample() -> None:
+            # One pending check per call across the kills too (a killed worker's check
+            # is taken over after its lease, never doubled), sampled until the call ends.
+            nonlocal most
+            while not run.done:
+                most = max(most, await pending_checks(redis_client, settings, run.call_id))
+                await asyncio.sleep(0.01)  # sampling the queue, not synchronising
+
+        sampler = asyncio.create_task(sample())
         await wait_for(proxy.held["report_issue"].is_set, deadline_s=30, what="issue sent")
         first.stop(signal.SIGKILL)  # the issue is reported; its claim is not marked done
         second = start()
@@ -323,6 +334,7 @@ async def test_a_worker_sigkilled_after_each_action_sends_each_at_most_once(
         second.stop(signal.SIGKILL)  # the codec is switched; its claim is not marked done
         start()
         await asyncio.wait_for(run.task, 60)
+        await sampler
         call = sandbox.sandbox.state.get_call(run.call_id)
 
         async def summed_up() -> bool:
@@ -340,6 +352,7 @@ async def test_a_worker_sigkilled_after_each_action_sends_each_at_most_once(
     assert proxy.seen.count("report_issue") == 2, proxy.seen
     assert len(call.issues) == 1, call.issues
     assert proxy.seen.count("switch_codec") == 1, proxy.seen
+    assert most == 1, most
     assert proxy.stale_reads < 3  # the retry did read the critical quality again
     assert call.codec == "OPUS"
     summary = orjson.loads(await redis_client.get(f"rz:summary:{run.call_id}"))
@@ -348,3 +361,72 @@ async def test_a_worker_sigkilled_after_each_action_sends_each_at_most_once(
     assert summary["quality"]["breaches"]["warning"] == "report_issue"
     assert summary["quality"]["breaches"]["critical"] == "pending"
     assert summary["quality"]["mos_min"] <= 2.5
+
+
+async def test_thresholds_are_the_settings_not_the_guides_numbers(redis_url, redis_client):
+    # The poor_quality call breaches every default threshold (the first test). Set looser,
+    # only the warning MOS (left at 3.5) is crossed: a report, no codec switch, and no
+    # packet-loss or latency breach.
+    config = {
+        **QUALITY,
+        "quality_mos_critical": 1.0,
+        "quality_packet_loss_max": 0.5,
+        "quality_latency_max_ms": 2000,
+    }
+    async with agent_stack(redis_url, agent_config=config) as stack:
+        run = start_scenario(stack.sandbox.sandbox, "poor_quality", stack.receiver_url)
+        await run.task
+        await wait_for(
+            lambda: _zero(redis_client, stack.settings, run.call_id),
+            deadline_s=20,
+            what="no check pending after the call ended",
+        )
+        record = await redis_client.hgetall(f"rz:call:{run.call_id}:quality:record")
+        assert float(record[b"mos_min"]) <= 2.5  # under the default critical, not this one
+        breaches = sorted(k.decode() for k in record if k.startswith(b"breach:"))
+        assert breaches == ["breach:warning"], breaches
+        call = stack.sandbox.sandbox.state.get_call(run.call_id)
+        assert len(call.issues) == 1 and call.codec != "OPUS"
+
+
+async def test_under_the_budget_floor_a_live_call_polls_slower_and_it_is_said_once(
+    redis_url, redis_client
+):
+    import structlog
+
+    # A floor of 30 %: between it and the BACKGROUND class's own ceiling (80 % used, 20 %
+    # left) polls still go out, 4x slower. (At the default floor of 20 % the two coincide
+    # and polls simply wait for room.)
+    limit = 200
+    config = {**QUALITY, "quality_poll_seconds": 0.2, "quality_budget_floor": 0.3}
+    with structlog.testing.capture_logs() as logs:
+        async with agent_stack(redis_url, agent_config=config, ringez_rate_limit=limit) as stack:
+            run = start_scenario(stack.sandbox.sandbox, "poor_quality", stack.receiver_url)
+            record = f"rz:call:{run.call_id}:quality:record"
+            await wait_for(lambda: redis_client.exists(record), 20, what="the first poll")
+            limiter = RedisRateLimiter.for_api_key(
+                redis_client, "sk_test_agents", prefix="rz", limit=limit, period=3600.0
+            )
+            while await limiter.left_fraction() >= 0.27:  # under the floor, above 20 %
+                await limiter.acquire()
+            prefix = f"arq:job:task:quality.check:{run.call_id}:"
+
+            async def a_slow_check_is_pending() -> bool:
+                async for key in redis_client.scan_iter(match=prefix + "*"):
+                    raw = await redis_client.get(key)
+                    score = await redis_client.zscore(stack.settings.queue_name, key[8:])
+                    if raw and score is not None:
+                        delay_ms = score - orjson.loads(raw)["et"]
+                        if delay_ms >= 0.2 * 4 * 1000 * 0.95:  # 4x the poll, not 1x
+                            return True
+                return False
+
+            await wait_for(a_slow_check_is_pending, 20, what="a check 4x the poll away")
+            await run.task
+            await wait_for(
+                lambda: _zero(redis_client, stack.settings, run.call_id),
+                deadline_s=20,
+                what="no check pending after the call ended",
+            )
+    said = [e for e in logs if e["event"] == "quality.budget_floor"]
+    assert len(said) == 1, said  # however many polls ran under it
