@@ -13,6 +13,8 @@ ANY = "*"
 HandlerFunc = Callable[[Any, Context], Awaitable[Any]]
 # (event, intent detection result, context), for the support agent's detected intents.
 IntentFunc = Callable[[Any, Any, Context], Awaitable[Any]]
+# (the worker's Redis client, its Settings), once per worker start.
+StartupFunc = Callable[[Any, Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,7 @@ class Router:
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
         self._intents: dict[str, list[IntentFunc]] = {}
+        self._startup: list[StartupFunc] = []
 
     def on(self, *events: str, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register the decorated coroutine for each of `events` (`"*"` means every event)."""
@@ -71,6 +74,18 @@ class Router:
 
         return register
 
+    def on_startup(self, func: StartupFunc) -> StartupFunc:
+        """Run `func(redis, settings)` each time a worker starts, before it takes jobs
+        (loading a file into Redis, queueing a first task). A failure is logged and the
+        worker starts anyway."""
+        if func not in self._startup:
+            self._startup.append(func)
+        return func
+
+    @property
+    def startup_hooks(self) -> list[StartupFunc]:
+        return list(self._startup)
+
     def intent_handlers(self, intent: str) -> list[IntentFunc]:
         return list(self._intents.get(intent, []))
 
@@ -82,6 +97,8 @@ class Router:
         for intent, funcs in other._intents.items():
             for func in funcs:
                 self.on_intent(intent)(func)
+        for hook in other._startup:
+            self.on_startup(hook)
 
     @property
     def handlers(self) -> list[Handler]:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ringez_worker.agents.callbacks import load_roster_file
+from ringez_worker.agents.callbacks import agents_with_load, load_roster_file
 from ringez_worker.agents.callbacks.agent import schedule_pass
 from ringez_worker.agents.callbacks.models import CallbackRequest
 from ringez_worker.agents.callbacks.roster import RosterError, parse_roster
@@ -288,6 +288,29 @@ async def test_a_dial_left_past_the_apis_dedupe_window_is_found_not_placed_again
         assert [t["json"]["parameters"]["transfer_to"] for t in stack.transfers(left.call_id)] == [
             "+14155550900"
         ]
+
+
+async def test_a_worker_loads_the_roster_at_start_and_sees_it_change_while_idle(
+    redis_url, redis_client, tmp_path
+):
+    # CALLBACK_ROSTER was read only by a pass, and a pass only came with a request or an
+    # ended call: a new deployment listed no agents, and an edit went unseen while idle.
+    import os
+
+    path = tmp_path / "roster.yaml"
+    path.write_text("- {id: ana, number: '+14155550900'}\n")
+    config = agents_config(callback_roster=str(path))
+    async with agent_stack(redis_url, agent_config=config, callbacks_token=TOKEN):
+
+        async def listed(*ids: str) -> bool:
+            agents = await agents_with_load(redis_client, Keys())
+            return sorted(a["id"] for a in agents) == sorted(ids)
+
+        await wait_for(lambda: listed("ana"), 20, what="the roster in Redis at start")
+        path.write_text(path.read_text() + "- {id: bo, number: '+14155550901'}\n")
+        later = path.stat().st_mtime + 2
+        os.utime(path, (later, later))  # a clearly newer mtime, whatever the clock's grain
+        await wait_for(lambda: listed("ana", "bo"), 20, what="the edited roster seen, idle")
 
 
 def assert_never_over(state: Any, limits: dict[str, int]) -> None:

@@ -125,3 +125,44 @@ def test_a_context_without_an_api_client_says_which_setting_is_missing():
     with pytest.raises(RingezNotConfigured, match="RINGEZ_API_KEY") as caught:
         _ = ctx.ringez
     assert caught.value.retryable is False  # the dispatcher sends it straight to the record
+
+
+async def test_startup_hooks_run_once_per_worker_start_and_a_failing_one_is_only_logged(
+    redis_url, redis_client
+):
+    import structlog
+
+    from ringez_worker.jobs import schedule_task
+    from ringez_worker.keys import Keys
+    from tests.conftest import make_settings, running_worker, wait_for
+
+    started: list[str] = []
+    inner = Router()
+
+    @inner.on_startup
+    async def note(redis, settings) -> None:
+        await redis.rpush("test:started", settings.queue_name)
+        started.append("note")
+
+    @inner.on_startup
+    async def broken(redis, settings) -> None:
+        raise RuntimeError("a start-up chore failed")
+
+    @inner.on_task("test.after_start")
+    async def handled(event, ctx) -> None:
+        await ctx.redis.rpush("test:handled", "1")
+
+    outer = Router()
+    outer.include(inner)
+    outer.include(inner)  # included twice: each hook still once
+    assert outer.startup_hooks == [note, broken]
+    settings = make_settings(redis_url)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings, outer):
+            await wait_for(lambda: redis_client.llen("test:started"), 10, what="the hook ran")
+            keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+            assert await schedule_task(redis_client, keys, "test.after_start", {})
+            await wait_for(lambda: redis_client.llen("test:handled"), 10, what="a job handled")
+    assert started == ["note"]
+    failed = [e for e in logs if e["event"] == "worker.startup_hook_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError", failed

@@ -122,6 +122,16 @@ def worker_settings(
         )
         if serve_http:
             ctx["http"] = await start_worker_http(settings, ctx["redis"], keys, metrics)
+        for hook in routes.startup_hooks:
+            try:
+                await hook(ctx["redis"], settings)
+            except Exception as exc:  # one agent's start-up chore must not stop the worker
+                log.error(
+                    "worker.startup_hook_failed",
+                    hook=getattr(hook, "__qualname__", repr(hook)),
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                )
         ctx["reports"] = start_reports(settings, reports, ctx)
         ctx["sweeper"] = start_sweeper(settings, ctx["redis"], keys)
         log.info(

@@ -36,11 +36,13 @@ from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
 from ringez_worker.keys import Keys
+from ringez_worker.logs import get_logger
 from ringez_worker.timestamps import parse_timestamp
 
 ASSIGN = "callbacks.assign"
 FIELDS = ["created_ms", "skill", "language"]  # what a pass's observation reads of a request
 CALL_MAP_TTL_SECONDS = 24 * 3600
+log = get_logger("ringez.callbacks")
 # `calls/initiate` dedupes an idempotency key for 5 minutes (the contract). A dial claimed
 # longer ago than this may have gone out and been forgotten by the API: a resend with
 # the same key could place a second call, so the session's call history is read first.
@@ -114,6 +116,7 @@ class CallbackAgent:
 
     def register(self, router: Router) -> None:
         router.on_task(ASSIGN, name="agents.callbacks.assign")(self.on_pass)
+        router.on_startup(self.on_startup)
         router.add("call.answered", self.on_answered, name="agents.callbacks.answered")
         router.add("call.completed", self.on_ended, name="agents.callbacks.ended")
         router.add("call.failed", self.on_ended, name="agents.callbacks.ended")
@@ -123,6 +126,14 @@ class CallbackAgent:
 
     def _keys(self, ctx: Context) -> Keys:
         return Keys(prefix=ctx.settings.key_prefix, queue=ctx.settings.queue_name)
+
+    async def on_startup(self, redis: Any, settings: Any) -> None:
+        """Load CALLBACK_ROSTER into Redis and queue a pass: a worker that starts with
+        requests waiting (or a changed roster) does not wait for the next trigger."""
+        keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
+        if await self.roster.refresh(redis, CallbackStore(redis, settings.key_prefix).keys):
+            log.info("callbacks.roster_loaded", path=str(self.roster.path))
+        await schedule_pass(redis, keys)
 
     # The pass.
 
@@ -273,7 +284,8 @@ class CallbackAgent:
     async def _observe(self, ctx: Context, store: CallbackStore) -> bool:
         """Metrics, and unservable requests said once; True while anything waits or an
         assignment has no call yet (a dial a killed worker left is only picked up again
-        by a later pass: without one, the last request of a burst stayed `dialing`)."""
+        by a later pass: without one, the last request of a burst stayed `dialing`), and
+        always while CALLBACK_ROSTER names a file (a pass is what notices it changed)."""
         k = store.keys
         now = _ms()
         async with ctx.redis.pipeline(transaction=False) as pipe:
@@ -313,7 +325,7 @@ class CallbackAgent:
             self.metrics.oldest_wait.set(oldest)
             for agent in agents:
                 self.metrics.agent_load.labels(agent=agent["id"]).set(agent["load"])
-        return bool(queued or new or retry or assigned)
+        return bool(queued or new or retry or assigned or self.roster.path is not None)
 
     # The calls.
 
