@@ -4,6 +4,7 @@ workers, Redis and the sandbox as Ringez; assertions on what the sandbox receive
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -313,6 +314,73 @@ async def test_a_worker_loads_the_roster_at_start_and_sees_it_change_while_idle(
         await wait_for(lambda: listed("ana", "bo"), 20, what="the edited roster seen, idle")
 
 
+async def test_the_queue_goes_to_the_least_loaded_agent_by_priority_then_age(redis_client):
+    # The assignment script on a real Redis: priority first, ties by age, the least
+    # loaded agent (ties by id), and a retry back in its old place, not at the end.
+    from ringez_worker.agents.callbacks.models import RosterAgent
+    from ringez_worker.agents.callbacks.roster import store_roster
+
+    store = CallbackStore(redis_client)
+    agents = [
+        RosterAgent(id="a", number="+14155550900", max_concurrent=2),
+        RosterAgent(id="b", number="+14155550901", max_concurrent=2),
+    ]
+    await store_roster(redis_client, store.keys, agents)
+    await redis_client.hset(store.keys.load, "a", 1)  # a is on a call already
+    body = CallbackRequest(customer_id="c", phone="+14155550100").model_dump_json().encode()
+    for rid, priority, created in (("young", 0, 2000), ("old", 0, 1000), ("vip", 50, 3000)):
+        await store.add(rid, body, "general", "en", None, created)
+        assert await store.queue(rid, priority, created, created)
+    got = [await store.assign(5000) for _ in range(3)]
+    # vip first, to b (load 0 < 1); then the older of the two ties, to a (1 = 1: by id);
+    # the young one goes to b, a being full.
+    assert got == [("vip", "b", 1), ("old", "a", 1), ("young", "b", 1)]
+    assert await store.assign(5000) is None  # both agents full now
+    # "old" ends unanswered: retried later with its first score, ahead of a newer one.
+    await store.claim_dial("old", 1, 5000)
+    assert await store.finish("old", "", "failed", "busy", 6000, 6000, 3, 600) == "retry"
+    await store.add("newer", body, "general", "en", None, 6500)
+    assert await store.queue("newer", 0, 6500, 6500)
+    assert await store.move_due(7000) == 1
+    waiting = [i.decode() for i in await redis_client.zrange(store.keys.queue, 0, -1)]
+    assert waiting == ["old", "newer"]
+    assert await store.assign(7000) == ("old", "a", 2)
+
+
+async def test_a_custom_customer_info_hook_sets_the_priority(redis_url, redis_client, tmp_path):
+    # CALLBACK_CUSTOMER_INFO names an async function; its tier and pending issues count.
+    module = tmp_path / "crm_hook.py"
+    module.write_text(
+        "async def customer_info(request):\n"
+        "    return {'tier': 'vip', 'pending_issues': 3} if request.customer_id == 'big' else {}\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = agents_config(callback_customer_info="crm_hook:customer_info")
+        async with agent_stack(redis_url, agent_config=config, callbacks_token=TOKEN) as stack:
+            url = callbacks_url(stack)
+            _, small = await post(url, {"customer_id": "small", "phone": "+14155550111"})
+            _, big = await post(url, {"customer_id": "big", "phone": "+14155550112"})
+
+            async def queued() -> bool:
+                return await redis_client.zcard("rz:callbacks:queue") == 2
+
+            await wait_for(queued, deadline_s=20, what="both taken in through the hook")
+            priorities = [
+                (await redis_client.hget(f"rz:callback:{r['request_id']}", "priority")).decode()
+                for r in (small, big)
+            ]
+            assert priorities == ["0", "70"]  # vip +50, pending issues +20
+            env = {"REDIS_URL": redis_url}
+            listed = run_cli("callbacks", "list", env=env).stdout
+            assert listed.index(big["request_id"]) < listed.index(small["request_id"]), listed
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("crm_hook", None)
+
+
 def assert_never_over(state: Any, limits: dict[str, int]) -> None:
     """From the sandbox's own calls: no agent number on more calls than its maximum."""
     assert over_capacity(state, limits) == []
@@ -443,6 +511,9 @@ async def test_callback_series_reach_the_workers_metrics_endpoint(
     task = asyncio.create_task(worker.main())
     try:
         _, answer = await post(str(receiver.make_url("/callbacks")), request(51))
+        # One nobody can serve: it waits, and the oldest-wait gauge shows for how long.
+        status, _ = await post(str(receiver.make_url("/callbacks")), request(52, skill="nobody"))
+        assert status == 202
 
         async def done() -> bool:
             return (await states(redis_client, [answer["request_id"]]))["done"] == 1
@@ -474,4 +545,6 @@ async def test_callback_series_reach_the_workers_metrics_endpoint(
     assert "ringez_callbacks_assignments_total 1.0" in text
     assert "ringez_callbacks_dials_total 1.0" in text
     assert 'ringez_callbacks_agent_load{agent="ana"} 0.0' in text
-    assert "ringez_callbacks_queued 0.0" in text
+    assert "ringez_callbacks_queued 1.0" in text
+    oldest = re.search(r"^ringez_callbacks_oldest_wait_seconds ([0-9.]+)$", text, re.M)
+    assert oldest and float(oldest.group(1)) > 0, text
