@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,16 +75,29 @@ class _LastCharge:
         return self.transaction_id is not None and shown == self.transaction_id
 
 
-# KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl. The pending key of
-# the current episode, written only by the lock's holder; nil if we no longer hold it.
+# KEYS: lock, pending, episode. ARGV: our lock token, key prefix, ttl, a fresh episode
+# name. The pending key of the current episode, written only by the lock's holder; nil if
+# we no longer hold it. The episode's name lives EPISODE_TTL_SECONDS after its last use;
+# a session idle longer gets a fresh, never-used name, not a count starting again at 0
+# (an API that remembers idempotency keys would take `recharge:<session>:0` again as a
+# replay and charge nothing).
 _PENDING = LuaScript(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local key = ARGV[2] .. (redis.call('GET', KEYS[3]) or '0')
+local episode = redis.call('GET', KEYS[3])
+if not episode then episode = ARGV[4] end
+redis.call('SET', KEYS[3], episode, 'EX', ARGV[3])
+local key = ARGV[2] .. episode
 redis.call('SET', KEYS[2], key, 'EX', ARGV[3])
 return key
 """
 )
+EPISODE_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _episode_name() -> str:
+    """A name no episode of any session had before: milliseconds, then randomness."""
+    return f"{time.time_ns() // 1_000_000:x}{secrets.token_hex(4)}"
 
 
 class LockBusy(Exception):
@@ -255,7 +269,7 @@ class RechargeAgent:
         key = await _PENDING(
             ctx.redis,
             [keys["lock"], keys["pending"], keys["episode"]],
-            [ctx.delivery_id, f"recharge:{session_id}:", 7 * 24 * 3600],
+            [ctx.delivery_id, f"recharge:{session_id}:", EPISODE_TTL_SECONDS, _episode_name()],
         )
         if key is None:
             raise LockBusy(f"lost the recharge lock for {session_id} before charging")
@@ -287,7 +301,9 @@ class RechargeAgent:
         last: _LastCharge | None = None,
     ) -> None:
         async with ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(keys["episode"])
+            # The next episode's name, fresh (it was a counter with no TTL: the key stayed
+            # for good; tests/test_erase.py checks every key expires or is bounded).
+            pipe.set(keys["episode"], _episode_name(), ex=EPISODE_TTL_SECONDS)
             pipe.delete(keys["pending"])
             if charged is not None:
                 pipe.hincrby(keys["daily"], "count", 1)

@@ -207,3 +207,103 @@ async def test_ids_are_literal_in_patterns_and_a_session_named_charge_stays_its_
     removed = await erase_subject(redis_client, keys, Subject(sessions={"charge"}))
     assert removed["recharge state"] == 1 and removed["charge records"] == 0
     assert await redis_client.exists("rz:recharge:charge:recharge:sess_x:0")
+
+
+async def test_erase_by_session_reaches_callback_requests_and_single_session_reports(
+    redis_url, redis_client, tmp_path
+):
+    # The table says --session reaches these two places; the combined test above fills
+    # neither (the callback queue is opt-in, a report is made on demand).
+    from ringez_worker.report.store import save_report
+    from tests import test_callbacks as cb
+
+    keys = Keys()
+    async with agent_stack(
+        redis_url,
+        agent_config=cb.agents_config(),
+        callbacks_token=cb.TOKEN,
+        sandbox_config={"talk_seconds": 0.05},
+    ) as stack:
+        await cb.roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        session = stack.config.callback_session_id
+        _, answer = await cb.post(cb.callbacks_url(stack), cb.request(61))
+        rid = answer["request_id"]
+
+        async def done() -> bool:
+            return (await cb.states(redis_client, [rid]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the callback done")
+        await wait_for(
+            lambda: _drained(redis_client, stack.settings.queue_name), 30, what="queue drained"
+        )
+    for report_id, of in (("mine", session), ("other", "sess_other"), ("all", None)):
+        meta = {"day": "2026-12-01", "session_id": of}
+        await save_report(
+            redis_client, keys, report_id, meta, "<html></html>", keep=5, max_bytes=4096
+        )
+
+    counts = erase(redis_url, "--session", session)
+    assert counts["callback requests"] >= 1 and counts["daily reports"] == 1, counts
+    assert not await redis_client.exists(f"rz:callback:{rid}")
+    assert not await redis_client.exists(keys.report("mine"))
+    assert await redis_client.exists(keys.report("other")) and await redis_client.exists(
+        keys.report("all")
+    )
+    assert [r.decode() for r in await redis_client.lrange(keys.reports, 0, -1)] == ["all", "other"]
+    again = erase(redis_url, "--session", session)
+    assert again["callback requests"] == 0 and again["daily reports"] == 0
+
+
+async def _drained(redis: Redis, queue: str) -> bool:
+    return await redis.zcard(queue) == 0
+
+
+# Key families kept without a TTL, each bounded another way (README, "Privacy").
+BOUNDED_WITHOUT_TTL = {
+    b"rz:log": "a stream trimmed by DELIVERY_LOG_MAX_ENTRIES and DELIVERY_LOG_RETENTION",
+    b"rz:failed": "FAILED_MAX_RECORDS and FAILED_RETENTION_SECONDS (the sweeper)",
+    b"rz:failed:age": "the failed-events record's index, trimmed with it",
+    b"ringez:queue": "jobs leave it when they end",
+    b"ringez:queue:health-check": "arq's own, rewritten by each worker",
+    b"rz:callbacks:": "the queue's indexes (ids leave as requests move) and your roster",
+    b"rz:recharge:charges": "an index of charge records, trimmed by their retention",
+}
+
+
+async def test_every_key_the_scenarios_write_expires_or_is_bounded(
+    redis_url, redis_client, tmp_path
+):
+    from tests import test_callbacks as cb
+
+    agents = {
+        **cb.agents_config(agents_enabled="support,escalation,recharge,quality,callbacks"),
+        "quality_poll_seconds": 0.05,
+    }
+    async with agent_stack(
+        redis_url,
+        agent_config=agents,
+        callbacks_token=cb.TOKEN,
+        sandbox_config={"talk_seconds": 0.05},
+    ) as stack:
+        await cb.roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        for scenario in ("calm", "angry", "low_balance", "poor_quality"):
+            await asyncio.wait_for(
+                start_scenario(stack.sandbox.sandbox, scenario, stack.receiver_url).task, 30
+            )
+        _, answer = await cb.post(cb.callbacks_url(stack), cb.request(71))
+
+        async def done() -> bool:
+            return (await cb.states(redis_client, [answer["request_id"]]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the callback done")
+        await wait_for(
+            lambda: _drained(redis_client, stack.settings.queue_name), 30, what="queue drained"
+        )
+    unbounded = []
+    async for key in redis_client.scan_iter(match="*", count=1000):
+        if await redis_client.pttl(key) > 0:
+            continue
+        if any(key == f or (f.endswith(b":") and key.startswith(f)) for f in BOUNDED_WITHOUT_TTL):
+            continue
+        unbounded.append(key)
+    assert unbounded == [], sorted(unbounded)

@@ -63,3 +63,35 @@ def test_every_key_family_is_in_the_table():
     for name, family in FAMILIES.items():
         if family is not None:
             assert f"`{family}`" in where, name
+
+
+# Each CallbackKeys member's family as the table writes it.
+CALLBACK_FAMILIES = {
+    "request": "rz:callback:<id>",
+    "request_prefix": None,  # the prefix of `request`, not a key
+    "call": "rz:callback:call:<call>",
+    "idempotency": "rz:callbacks:idem:<hash>",
+    "new": "rz:callbacks:{new,queue,retry,assigned}",
+    "queue": "rz:callbacks:{new,queue,retry,assigned}",
+    "retry": "rz:callbacks:{new,queue,retry,assigned}",
+    "assigned": "rz:callbacks:{new,queue,retry,assigned}",
+    "roster": "rz:callbacks:roster",
+    "roster_version": "rz:callbacks:roster:version",
+    "load": "rz:callbacks:load",
+    "sweep": "rz:callbacks:sweep",
+}
+
+
+def test_every_callback_key_family_is_in_the_table():
+    from ringez_worker.agents.callbacks.store import CallbackKeys
+
+    members = {
+        name
+        for name, _ in inspect.getmembers(CallbackKeys)
+        if not name.startswith("_") and name not in ("prefix",)
+    }
+    assert members == set(CALLBACK_FAMILIES), "a new CallbackKeys member: add it to the table"
+    where = " ".join(row[1] for row in privacy_table())
+    for name, family in CALLBACK_FAMILIES.items():
+        if family is not None:
+            assert f"`{family}`" in where, name
