@@ -52,6 +52,7 @@ class Superseded(Exception):
     """Another attempt at the same delivery took this handler's work over.
 
     Raise it from a handler that finds it was presumed dead (its lease lapsed and a
-    retry took over): the run is recorded neither as done nor as failed, so the attempt
-    that owns the work decides the outcome.
+    retry took over): the run is recorded neither as done nor as failed, and the job is
+    deferred (not a try) so that it outlives the attempt that owns the work; run again,
+    the handler's completion record says whether that attempt succeeded.
     """

@@ -370,12 +370,15 @@ class Dispatcher:
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 await handler.func(event, dataclasses.replace(ctx, log=log_))
         except Superseded as exc:
-            # Another attempt at this delivery owns the work: no completion record, so
-            # that a retry of it still runs this handler if that attempt fails.
+            # Another attempt at this delivery owns the work: no completion record, and the
+            # job is deferred (not a try), not ended. Ending it lost a delivery in the
+            # chaos run: the owner was a second run of this same job (its lease had
+            # lapsed); it failed its transfer and asked for a retry, but this run had
+            # already removed the job, so the retry found no job and no record was kept.
             self.metrics.handler_runs.labels(handler.name, "superseded").inc()
             _note(outcome="superseded")
             log_.info("handler.superseded", reason=str(exc))
-            return None
+            return f"Superseded: {exc}", True, max(MIN_DEFER_SECONDS, self.backoff(ctx.job_try))
         except Exception as exc:  # one handler failing must not stop the others
             elapsed = time.perf_counter() - started
             self.metrics.handler_runs.labels(handler.name, "failed").inc()
