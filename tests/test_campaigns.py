@@ -1,0 +1,126 @@
+"""Outbound campaigns (agents/campaign/) through the real workers, Redis and the sandbox
+as Ringez; assertions on what the sandbox created and received."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ringez_worker.agents.campaign import api
+from ringez_worker.agents.campaign.models import CampaignConfig, parse_contacts, parse_dnc
+from ringez_worker.keys import Keys
+from tests.agent_stack import agent_stack
+from tests.campaign_checks import (
+    calls_per_attempt,
+    calls_per_number,
+    most_at_once,
+    most_in_a_minute,
+)
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+KEYS = Keys()
+# The sandbox's campaign range (README "Sandbox"): tens digit 1 busy, 2 no answer, else
+# answers; the last digit is the one pressed (0: nothing).
+CSV = """\
+id,phone,name,timezone,plan
+a1,+15006660031,Ann,America/New_York,gold
+a2,+1 500 666 0049,Bo,,silver
+a3,(500) 666-0050,Cy,,
+b1,+15006660013,Dee,,
+n1,+15006660024,Eve,,
+bad,12345,Fay,,
+a1dup,+15006660031,Gus,,
+dnc,+15006660036,Hal,,
+a4,+15006660033,Ida,Nowhere/Zone,
+a5,+15006660035,Jo,Europe/Paris,
+"""
+FAST = {
+    "message": "Hello from the campaign test. Press 1 to confirm, 9 to opt out.",
+    "max_concurrent": 2,
+    "retries": 1,
+    "retry_after_seconds": 0.2,
+    "ring_timeout": 1,
+    "max_duration": 60,
+}
+
+
+def agents(**extra: Any) -> dict[str, Any]:
+    return {"agents_enabled": "campaigns", "campaign_sweep_seconds": 1, **extra}
+
+
+async def finished(redis_client, cid: str, deadline_s: float = 60) -> dict[str, Any]:
+    async def done() -> bool:
+        return (await api.status(redis_client, KEYS, cid))["state"] in ("done", "cancelled")
+
+    await wait_for(done, deadline_s=deadline_s, what=f"campaign {cid} done")
+    return await api.status(redis_client, KEYS, cid)
+
+
+def test_the_contacts_file_reports_bad_rows_by_line_and_calls_a_number_once():
+    dnc, problems = parse_dnc("+15006660036\nnot a number\n")
+    assert dnc == {"+15006660036"} and problems == [
+        "do-not-call line 2: phone is not a phone number"
+    ]
+    parsed = parse_contacts(CSV, do_not_call=dnc)
+    assert [c.id for c in parsed.contacts] == ["a1", "a2", "a3", "b1", "n1", "a5"]
+    assert parsed.contacts[2].phone == "+15006660050"  # national form, region US
+    assert parsed.contacts[0].metadata == {"plan": "gold"}
+    assert parsed.problems() == [
+        "line 7: phone is not a possible phone number for its country code",
+        "line 8: same number as line 2, called once",
+        "line 9: on the do-not-call list, not called",
+        "line 10: timezone: unknown time zone 'Nowhere/Zone'",
+    ]
+    with pytest.raises(ValueError, match="no 'phone' column"):
+        parse_contacts("id,name\n1,x\n")
+    with pytest.raises(ValueError, match="HH:MM-HH:MM"):
+        CampaignConfig(message="x", window="9-18")
+
+
+async def test_a_campaign_calls_each_contact_plays_collects_and_reports(redis_url, redis_client):
+    async with agent_stack(
+        redis_url,
+        workers=2,
+        duplicate=True,
+        agent_config=agents(),
+        sandbox_config={"no_answer_seconds": 30, "initial_minutes": 600},
+    ) as stack:
+        dnc, _ = parse_dnc("+15006660036\n")
+        created = await api.create_campaign(redis_client, KEYS, CSV, FAST, dnc=dnc)
+        assert created.contacts == 6 and len(created.problems) == 4
+        await api.start(redis_client, KEYS, created.campaign_id)
+        status = await finished(redis_client, created.campaign_id)
+        rows = {r["id"]: r for r in await api.export(redis_client, KEYS, created.campaign_id)}
+        state = stack.sandbox.sandbox.state
+        session_id = status["session_id"]
+        session = state.sessions[session_id]
+        assert session.max_spend_limit == 100.0  # the budget, as the session's limit
+
+    assert {k: (r["status"], r["attempts"], r["digits"]) for k, r in rows.items()} == {
+        "a1": ("done", 1, "1"),
+        "a2": ("opted_out", 1, "9"),
+        "a3": ("done", 1, ""),
+        "b1": ("busy", 2, ""),
+        "n1": ("no_answer", 2, ""),
+        "a5": ("done", 1, "5"),
+    }
+    assert rows["a1"]["metadata"] == {"plan": "gold"} and rows["a1"]["cost"] > 0
+    assert len(rows["b1"]["call_ids"]) == 2
+    # From the sandbox: one call per attempt, the limits held, the message played and
+    # the digits collected on every answered call.
+    per_attempt = calls_per_attempt(state, session_id)
+    assert set(per_attempt.values()) == {1} and len(per_attempt) == 8
+    assert calls_per_number(state, session_id)["+15006660031"] == 1
+    assert most_at_once(state, session_id, state.now()) <= 2
+    answered = [c for c in state.calls.values() if c.answered_at is not None]
+    assert len(answered) == 4
+    for call in answered:  # then hung up (DELETE /calls/{id}, not an action)
+        assert [a["action"] for a in call.actions] == ["play", "collect"]
+        assert call.played[0].startswith("http") and call.status == "completed"
+    assert status["counts"] == {"busy": 1, "done": 3, "no_answer": 1, "opted_out": 1}
+    assert status["spent"] == pytest.approx(sum(r["cost"] for r in rows.values()))
+    assert status["live"] == 0 and status["reserved"] == 0
+    assert most_in_a_minute(state, session_id) == 8
