@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from ringez_worker.agents.campaign import api
@@ -18,6 +19,7 @@ from tests.campaign_checks import (
     most_in_a_minute,
 )
 from tests.conftest import wait_for
+from tests.processes import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -124,3 +126,52 @@ async def test_a_campaign_calls_each_contact_plays_collects_and_reports(redis_ur
     assert status["spent"] == pytest.approx(sum(r["cost"] for r in rows.values()))
     assert status["live"] == 0 and status["reserved"] == 0
     assert most_in_a_minute(state, session_id) == 8
+
+
+async def test_the_cli_creates_starts_reports_and_exports(redis_url, redis_client, tmp_path):
+    env = {"REDIS_URL": redis_url}
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("id,phone,name\nk1,+15006660031,Ann\nk2,nope,Bo\nk3,+15006660042,Cy\n")
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text("+15006660042\n")
+    bad = run_cli("campaign", "create", "--contacts", str(contacts), "--message", "", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("ringez-worker campaign: --message")
+    missing = run_cli("campaign", "create", "--contacts", "nowhere.csv", "--message", "x", env=env)
+    assert missing.returncode == 2 and "nowhere.csv: no such file" in missing.stderr
+    late = run_cli(
+        "campaign", "create", "--contacts", str(contacts), "--message", "x",
+        "--retry-after", "soon", env=env,
+    )  # fmt: skip
+    assert (
+        late.returncode == 2 and "--retry-after" in late.stderr and "Traceback" not in late.stderr
+    )
+    created = run_cli(
+        "campaign", "create", "--contacts", str(contacts), "--message", "Hi", "--dnc", str(dnc),
+        "--max-concurrent", "1", "--retries", "0", "--ring-timeout", "2", "--name", "spring",
+        env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    cid = created.stdout.strip()
+    assert created.stderr.splitlines() == [
+        f"ringez-worker campaign: {contacts} line 3: phone is not a phone number",
+        f"ringez-worker campaign: {contacts} line 4: on the do-not-call list, not called",
+    ]
+    assert cid in run_cli("campaign", "list", env=env).stdout
+    async with agent_stack(redis_url, agent_config=agents()) as stack:
+        assert run_cli("campaign", "start", cid, env=env).returncode == 0
+        again = run_cli("campaign", "start", cid, env=env)
+        assert again.returncode == 2 and "cannot" in again.stderr
+        await finished(redis_client, cid)
+        assert len(stack.requests("/calls/initiate")) == 1
+    status = run_cli("campaign", "status", cid, env=env)
+    assert status.returncode == 0 and "done: 1/1 finished" in status.stdout, status.stdout
+    assert "of 100.00 USD" in status.stdout
+    exported = run_cli("campaign", "export", cid, "--format", "csv", env=env).stdout.splitlines()
+    assert (
+        exported[0] == "id,phone,name,status,attempts,digits,duration,cost,call_ids,reason,metadata"
+    )
+    assert exported[1].startswith("k1,+15006660031,Ann,done,1,1,")
+    rows = orjson.loads(run_cli("campaign", "export", cid, "--format", "json", env=env).stdout)
+    assert rows[0]["id"] == "k1" and rows[0]["call_ids"][0].startswith("call")
+    gone = run_cli("campaign", "cancel", cid, env=env)
+    assert gone.returncode == 2 and "is done already" in gone.stderr

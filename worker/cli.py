@@ -450,9 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("id", nargs="?", help="delivery id (a unique prefix is enough)")
         action.add_argument("--all", action="store_true", help="every record")
     failed.set_defaults(run=cmd_failed)
-    from ringez_worker.worker import callbacks_cli
+    from ringez_worker.worker import callbacks_cli, campaign_cli
 
     callbacks_cli.register(sub)
+    campaign_cli.register(sub)
     return parser
 
 
