@@ -83,6 +83,8 @@ class AgentSettings(BaseSettings):
     campaign_rate_estimate: float = Field(0.05, gt=0)
     # While calls are live: how often a pass looks for lost webhooks and crashed dials.
     campaign_sweep_seconds: float = Field(30.0, gt=0)
+    # How long an ended campaign (its contacts and results) is kept for export.
+    campaign_record_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
     @field_validator("agents_enabled")
     @classmethod

@@ -175,3 +175,44 @@ async def test_the_cli_creates_starts_reports_and_exports(redis_url, redis_clien
     assert rows[0]["id"] == "k1" and rows[0]["call_ids"][0].startswith("call")
     gone = run_cli("campaign", "cancel", cid, env=env)
     assert gone.returncode == 2 and "is done already" in gone.stderr
+
+
+async def test_erase_by_phone_and_by_call_reaches_campaign_contacts(redis_url, redis_client):
+    csv = "id,phone,name\ne1,+15006660031,Ann\ne2,+15006660033,Bo\n"
+    async with agent_stack(redis_url, agent_config=agents()):
+        created = await api.create_campaign(redis_client, KEYS, csv, FAST)
+        cid = created.campaign_id
+        await api.start(redis_client, KEYS, cid)
+        await finished(redis_client, cid)
+    rows = {r["id"]: r for r in await api.export(redis_client, KEYS, cid)}
+    env = {"REDIS_URL": redis_url}
+    by_phone = run_cli("erase", "--phone", "+15006660031", env=env)
+    assert by_phone.returncode == 0, by_phone.stderr
+    assert any(
+        line.startswith("campaign contacts") and line.rsplit(None, 1)[1] == "1"
+        for line in by_phone.stdout.splitlines()
+    ), by_phone.stdout
+    call = rows["e2"]["call_ids"][0]
+    assert run_cli("erase", "--call", call, env=env).returncode == 0
+    left = [k.decode() async for k in redis_client.scan_iter(match="*")]
+    assert not [k for k in left if "e1" in k or call in k], left
+    assert not any(b"+15006660031" in v for v in await _all_values(redis_client, left))
+    kept = await redis_client.hgetall(f"rz:campaign:{cid}:contact:e2")
+    assert kept[b"phone"] == b"+15006660033" and call.encode() not in kept[b"calls"]
+    again = run_cli("erase", "--phone", "+15006660031", env=env)
+    assert {int(line.rsplit(None, 1)[1]) for line in again.stdout.splitlines()} == {0}
+
+
+async def _all_values(redis_client, names: list[str]) -> list[bytes]:
+    found = []
+    for name in names:
+        kind = (await redis_client.type(name)).decode()
+        if kind == "hash":
+            found += (await redis_client.hgetall(name)).values()
+        elif kind == "string":
+            found.append(await redis_client.get(name))
+        elif kind == "set":
+            found += await redis_client.smembers(name)
+        elif kind == "zset":
+            found += await redis_client.zrange(name, 0, -1)
+    return found

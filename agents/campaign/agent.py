@@ -132,6 +132,10 @@ class CampaignAgent:
             if not await self._open(ctx, store, cid, config):
                 return
             record = await store.get(cid) or record
+        if record["state"] in ("done", "cancelled"):
+            if int(record.get("live", 0)) <= 0 and not record.get("expires_ms"):
+                await store.expire(cid, self.config.campaign_record_ttl_seconds, _ms())
+            return
         if record["state"] not in ("running", "paused"):
             return
         await self._recover(ctx, store, cid, config)
@@ -167,6 +171,7 @@ class CampaignAgent:
         elif why in ("empty", "budget"):
             if await store.settle(cid, _ms(), budget=why == "budget"):
                 ctx.log.info("campaigns.done", campaign=cid, reason=why)
+                await store.expire(cid, self.config.campaign_record_ttl_seconds, _ms())
                 return
         record = await store.get(cid) or {}
         if self.metrics is not None:

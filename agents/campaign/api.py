@@ -137,6 +137,7 @@ async def cancel(redis: Redis, keys: Keys, cid: str) -> str:
     before = await store.cancel(cid, _ms())
     if before in ("done", "cancelled"):
         raise CampaignError(f"{cid} is {before} already")
+    await schedule_pass(redis, keys, cid)  # sets the record's expiry once nothing is live
     return before
 
 
@@ -145,8 +146,10 @@ async def list_campaigns(redis: Redis, keys: Keys) -> list[dict[str, str]]:
     found = []
     for cid in await store.ids():
         record = await store.get(cid)
-        if record is not None:
-            found.append({"id": cid, **{k: v for k, v in record.items() if k != "config"}})
+        if record is None:  # expired (CAMPAIGN_RECORD_TTL_SECONDS)
+            await redis.zrem(store.keys.all, cid)
+            continue
+        found.append({"id": cid, **{k: v for k, v in record.items() if k != "config"}})
     return found
 
 

@@ -548,6 +548,20 @@ class CampaignStore:
         keys = [k.campaign(cid), k.pending(cid)]
         return _text(await _CANCEL(self.redis, keys, [now_ms, k.contact_prefix(cid), reason]))
 
+    async def expire(self, cid: str, ttl: int, now_ms: int) -> None:
+        """An ended campaign's keys, its contacts' included, kept `ttl` seconds more."""
+        k = self.keys
+        ids = [_text(i) for i in await self.redis.zrange(k.contacts(cid), 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(k.campaign(cid), "expires_ms", now_ms + ttl * 1000)
+            for name in (k.campaign(cid), k.contacts(cid), k.pending(cid), k.live(cid)):
+                pipe.expire(name, ttl)
+            for name in (k.rate(cid), k.zones(cid), k.dnc(cid)):
+                pipe.expire(name, ttl)
+            for contact in ids:
+                pipe.expire(k.contact(cid, contact), ttl)
+            await pipe.execute()
+
     async def get(self, cid: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.campaign(cid))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         return _hash(raw) or None
