@@ -63,8 +63,8 @@ class CampaignContacts:
                 await pipe.execute()
             removed += 1
         if subject.phones:
-            async for key in scan_keys(redis, f"{keys.prefix}:campaign:*:dnc"):
-                removed += int(await redis.srem(text(key), *subject.phones))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            async for dnc in scan_keys(redis, f"{keys.prefix}:campaign:*:dnc"):
+                removed += int(await redis.srem(text(dnc), *subject.phones))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         for call in subject.calls:
             raw = await redis.get(k.call(call))
             if raw is None:

@@ -553,7 +553,7 @@ class CampaignStore:
         k = self.keys
         ids = [_text(i) for i in await self.redis.zrange(k.contacts(cid), 0, -1)]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(k.campaign(cid), "expires_ms", now_ms + ttl * 1000)
+            pipe.hset(k.campaign(cid), "expires_ms", str(now_ms + ttl * 1000))
             for name in (k.campaign(cid), k.contacts(cid), k.pending(cid), k.live(cid)):
                 pipe.expire(name, ttl)
             for name in (k.rate(cid), k.zones(cid), k.dnc(cid)):
