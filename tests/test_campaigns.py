@@ -216,3 +216,56 @@ async def _all_values(redis_client, names: list[str]) -> list[bytes]:
         elif kind == "zset":
             found += await redis_client.zrange(name, 0, -1)
     return found
+
+
+async def drained(redis_client, stack) -> None:
+    async def empty() -> bool:
+        return await redis_client.zcard(stack.settings.queue_name) == 0
+
+    await wait_for(empty, deadline_s=30, what="every job run")
+
+
+async def test_a_402_pauses_the_campaign_with_its_reason_and_does_not_spin(redis_url, redis_client):
+    # A wallet of 1.5 minutes: the first call bills one, the next dial is refused (402).
+    csv = "id,phone\np1,+15006660031\np2,+15006660033\np3,+15006660035\n"
+    async with agent_stack(
+        redis_url, agent_config=agents(), sandbox_config={"initial_minutes": 1.5}
+    ) as stack:
+        created = await api.create_campaign(redis_client, KEYS, csv, {**FAST, "max_concurrent": 1})
+        cid = created.campaign_id
+        await api.start(redis_client, KEYS, cid)
+
+        async def paused() -> bool:
+            return (await api.status(redis_client, KEYS, cid))["state"] == "paused"
+
+        await wait_for(paused, deadline_s=30, what="the campaign paused by the 402")
+        await drained(redis_client, stack)
+        status = await api.status(redis_client, KEYS, cid)
+        assert "402" in status["reason"] and "insufficient" in status["reason"], status
+        assert status["counts"] == {"done": 1, "pending": 2} and status["live"] == 0
+        assert len(stack.requests("/calls/initiate")) == 2  # one call, one refusal, no more
+        rows = {r["id"]: r for r in await api.export(redis_client, KEYS, cid)}
+        assert rows["p2"]["attempts"] == 0  # the refused dial made no call: not an attempt
+
+
+async def test_other_agents_leave_campaign_calls_and_sessions_alone(redis_url, redis_client):
+    # A 5.5-minute wallet crosses the 5-minute balance.low threshold on the first call.
+    config = agents(
+        agents_enabled="support,escalation,recharge,campaigns", recharge_payment_token="tok_ok"
+    )
+    csv = "id,phone\ng1,+15006660031\ng2,+15006660033\n"
+    async with agent_stack(
+        redis_url, agent_config=config, sandbox_config={"initial_minutes": 5.5}
+    ) as stack:
+        created = await api.create_campaign(redis_client, KEYS, csv, FAST)
+        await api.start(redis_client, KEYS, created.campaign_id)
+        status = await finished(redis_client, created.campaign_id)
+        await drained(redis_client, stack)
+        events = [e.event for e in stack.sandbox.sandbox.events]
+        assert "balance.low" in events
+        assert stack.requests("/wallet/add-credits") == []  # recharge skipped the session
+        calls = [c for c in stack.sandbox.sandbox.state.calls.values()]
+        assert len(calls) == 2 and status["counts"] == {"done": 2}
+        for call in calls:
+            assert not await redis_client.exists(f"rz:summary:{call.call_id}")
+            assert not await redis_client.exists(f"rz:call:{call.call_id}:opened")

@@ -315,7 +315,7 @@ class CampaignAgent:
             # Nothing was created: the contact goes back to the front, the campaign pauses
             # with the reason (resume once the wallet or the limit allows).
             await store.unclaim(cid, contact, n)
-            reason = f"402 from Ringez: {exc}"[:300]
+            reason = f"insufficient balance or spend limit: {exc}"[:300]
             await store.move(cid, ("running",), "paused", reason, _ms())
             ctx.log.warning("campaigns.paused_402", campaign=cid, reason=reason)
             return False
