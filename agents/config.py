@@ -13,7 +13,8 @@ from ringez_worker.settings import settings_error
 # no scheduled job; one Redis GET per call event for the call map). README "Campaigns".
 ALL_AGENTS = ("support", "escalation", "recharge", "campaigns")
 # Opt-in: the quality monitor polls every answered call (API budget); the callback queue
-# needs a roster and a session. AGENTS_ENABLED=support,escalation,recharge,quality,callbacks.
+# needs a roster and a session.
+# AGENTS_ENABLED=support,escalation,recharge,campaigns,quality,callbacks.
 OPTIONAL_AGENTS = ("quality", "callbacks")
 KNOWN_AGENTS = ALL_AGENTS + OPTIONAL_AGENTS
 

@@ -43,7 +43,7 @@ def prepare(sandbox: Any) -> str:
     roster = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ringez-roster-", delete=False)
     roster.write(ROSTER)
     roster.close()
-    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge")
+    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge,campaigns")
     if "callbacks" not in enabled.split(","):
         os.environ["AGENTS_ENABLED"] = f"{enabled},callbacks" if enabled else "callbacks"
     os.environ.setdefault("CALLBACK_SESSION_ID", session)

@@ -269,3 +269,67 @@ async def test_other_agents_leave_campaign_calls_and_sessions_alone(redis_url, r
         for call in calls:
             assert not await redis_client.exists(f"rz:summary:{call.call_id}")
             assert not await redis_client.exists(f"rz:call:{call.call_id}:opened")
+
+
+async def test_campaign_series_reach_the_workers_metrics_endpoint(
+    redis_url, redis_client, monkeypatch
+):
+    import asyncio
+    import contextlib
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from ringez_worker.sandbox import SandboxConfig, start_sandbox
+    from ringez_worker.sandbox.redis_server import free_port
+    from ringez_worker.worker.app import create_worker
+    from ringez_worker.worker.receiver import create_app
+    from tests.conftest import SECRET, make_settings
+
+    sandbox = await start_sandbox(SandboxConfig(webhook_secret=SECRET, pacing_seconds=0.02))
+    port = free_port()
+    monkeypatch.setenv("AGENTS_ENABLED", "campaigns")
+    settings = make_settings(
+        redis_url,
+        ringez_api_url=sandbox.api_url,
+        ringez_api_key="sk_test_agents",
+        worker_metrics_port=port,
+    )
+    receiver = TestServer(create_app(settings))
+    await receiver.start_server()
+    sandbox.sandbox.config.receiver_url = str(receiver.make_url("/webhooks/ringez"))
+    worker = create_worker(settings, handle_signals=False)  # the runtime's own wiring
+    task = asyncio.create_task(worker.main())
+    try:
+        csv = "id,phone\nm1,+15006660031\nm2,+15006660013\n"
+        created = await api.create_campaign(redis_client, KEYS, csv, {**FAST, "retries": 0})
+        cid = created.campaign_id
+        await api.start(redis_client, KEYS, cid)
+        await finished(redis_client, cid)
+
+        async def scraped() -> str:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    return await response.text()
+
+        async def counted() -> bool:
+            return f'ringez_campaign_live_calls{{campaign="{cid}"}} 0.0' in await scraped()
+
+        await wait_for(counted, deadline_s=10, what="the live gauge back at 0")
+        text = await scraped()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+        await receiver.close()
+        await sandbox.close()
+    label = f'{{campaign="{cid}"}}'
+    for series, value in (
+        ("ringez_campaign_calls_dialed_total", 2),
+        ("ringez_campaign_calls_answered_total", 1),
+        ("ringez_campaign_calls_completed_total", 1),
+        ("ringez_campaign_calls_failed_total", 1),
+    ):
+        assert f"{series}{label} {value}.0" in text, series
+    assert f"ringez_campaign_spend_total{label} 0.05" in text

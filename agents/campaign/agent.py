@@ -171,6 +171,8 @@ class CampaignAgent:
         elif why in ("empty", "budget"):
             if await store.settle(cid, _ms(), budget=why == "budget"):
                 ctx.log.info("campaigns.done", campaign=cid, reason=why)
+                if self.metrics is not None:
+                    self.metrics.live.labels(campaign=cid).set(0)
                 await store.expire(cid, self.config.campaign_record_ttl_seconds, _ms())
                 return
         record = await store.get(cid) or {}
@@ -217,6 +219,10 @@ class CampaignAgent:
             await store.move(cid, ("opening",), "paused", f"session refused: {exc}", _ms())
             ctx.log.warning("campaigns.session_refused", campaign=cid, error=type(exc).__name__)
             return False
+        # The reservations' rate until the first dial's estimated_rate replaces it.
+        await ctx.redis.hset(
+            store.keys.campaign(cid), "rate", str(self.config.campaign_rate_estimate)
+        )  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         await store.opened(cid, session.session_id, _ms())
         ctx.log.info("campaigns.started", campaign=cid, session_id=session.session_id)
         return True

@@ -28,7 +28,7 @@ from ringez_worker.agents.campaign.models import (
 from ringez_worker.agents.campaign.store import FINAL, IN_PROGRESS, CampaignStore, optout_digest
 from ringez_worker.keys import Keys
 
-DEFAULT_RATE_ESTIMATE = 0.05  # per minute, until the first dial's estimated_rate is known
+DEFAULT_RATE_ESTIMATE = 0.05  # per minute (CAMPAIGN_RATE_ESTIMATE's default)
 
 
 class CampaignError(ValueError):
@@ -53,7 +53,6 @@ async def create_campaign(
     config: CampaignConfig | dict[str, Any],
     *,
     dnc: str | Path | frozenset[str] | None = None,
-    rate_estimate: float = DEFAULT_RATE_ESTIMATE,
 ) -> Created:
     """Store a campaign (a draft: `start` begins calling). `contacts`: a CSV path, its
     text, or a parsed file; `dnc`: a do-not-call file path or numbers. Raises pydantic's
@@ -74,7 +73,8 @@ async def create_campaign(
     # Numbers that opted out of an earlier campaign are left out now, not dialed later.
     opted = await _drop_opted_out(redis, store.keys.optout, parsed)
     cid = f"cmp_{uuid.uuid4().hex[:12]}"
-    await store.create(cid, model, parsed.contacts, numbers, rate_estimate, _ms())
+    # The worker that opens the campaign sets its own CAMPAIGN_RATE_ESTIMATE instead.
+    await store.create(cid, model, parsed.contacts, numbers, DEFAULT_RATE_ESTIMATE, _ms())
     return Created(cid, len(parsed.contacts), problems + parsed.problems() + opted)
 
 
