@@ -84,6 +84,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     import types
 
+    from ringez_worker.agents.campaign import api as campaigns
     from ringez_worker.sandbox.dev import DEFAULT_SCENARIOS, run_dev
     from ringez_worker.worker.app import create_worker
     from ringez_worker.worker.console import create_console_app
@@ -99,6 +100,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
                 create_app=create_app,
                 create_worker=create_worker,
                 create_console=create_console_app,
+                campaigns=campaigns,
             ),
             scenarios=scenarios,
             sandbox_port=args.sandbox_port,
