@@ -455,7 +455,7 @@ class CampaignAgent:
             return
         digits = collected.digits or ""
         await ctx.redis.hset(store.keys.contact(cid, contact), "digits", digits)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-        await live.hangup(call_id)
+        await self._hang_up(ctx, call_id)
         ctx.log.info(
             "campaigns.answer_recorded", campaign=cid, contact=contact, pressed=bool(digits)
         )
@@ -503,13 +503,22 @@ class CampaignAgent:
             cost=_cost(data.get("cost")),
         )
 
+    async def _hang_up(self, ctx: Context, call_id: str) -> None:
+        """DELETE the call; one that ended meanwhile (404, 409) is what was wanted."""
+        try:
+            await ctx.ringez.with_priority(Priority.LIVE).calls.hangup(call_id)
+        except RingezError as exc:
+            if exc.retryable:
+                raise
+            ctx.log.info("campaigns.hangup_refused", call_id=call_id, error=type(exc).__name__)
+
     async def on_ring_check(self, event: Any, ctx: Context) -> None:
         data = self._data(event)
         store = self._store(ctx)
         c = await store.contact(str(data["campaign"]), str(data["contact"])) or {}
         if c.get("state") == "calling" and c.get("call_id") == data["call_id"]:
             # Still ringing at --ring-timeout: hang up; call.completed records no answer.
-            await ctx.ringez.with_priority(Priority.LIVE).calls.hangup(str(data["call_id"]))
+            await self._hang_up(ctx, str(data["call_id"]))
             ctx.log.info(
                 "campaigns.ring_timeout", campaign=data["campaign"], contact=data["contact"]
             )
