@@ -334,3 +334,78 @@ async def test_campaign_series_reach_the_workers_metrics_endpoint(
     ):
         assert f"{series}{label} {value}.0" in text, series
     assert f"ringez_campaign_spend_total{label} 0.05" in text
+
+
+async def test_outside_its_window_a_contact_waits_and_a_wake_is_scheduled(redis_url, redis_client):
+    from datetime import UTC, datetime
+
+    from ringez_worker.agents.campaign.window import is_open
+
+    window = "09:00-17:00"
+    zones = ["UTC", "Asia/Tokyo", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Auckland"]
+    now = datetime.now(UTC)
+    shut = next(z for z in zones if not is_open(window, z, now))
+    open_ = next(z for z in zones if is_open(window, z, now))
+    csv = f"id,phone,timezone\nw1,+15006660031,{shut}\nw2,+15006660033,{open_}\n"
+    async with agent_stack(redis_url, agent_config=agents()) as stack:
+        created = await api.create_campaign(redis_client, KEYS, csv, {**FAST, "window": window})
+        cid = created.campaign_id
+        await api.start(redis_client, KEYS, cid)
+
+        async def open_one_done() -> bool:
+            rows = {r["id"]: r for r in await api.export(redis_client, KEYS, cid)}
+            return rows["w2"]["status"] == "done"
+
+        await wait_for(open_one_done, deadline_s=30, what="the contact in an open zone called")
+        wakes = [
+            k
+            async for k in redis_client.scan_iter(match=f"arq:job:task:campaigns.pass:wake:{cid}:*")
+        ]
+        assert wakes, "a pass scheduled for when the window opens"
+        rows = {r["id"]: r for r in await api.export(redis_client, KEYS, cid)}
+        assert rows["w1"]["status"] == "pending" and rows["w1"]["attempts"] == 0
+        assert stack.requests("/calls/initiate", to_number="+15006660031") == []
+        assert (await api.status(redis_client, KEYS, cid))["state"] == "running"
+
+
+async def test_pause_stops_new_dials_at_once_and_the_live_call_finishes(redis_url, redis_client):
+    # The first contact never answers: its call is live (ringing) until the ring timeout.
+    csv = "id,phone\nq1,+15006660024\nq2,+15006660031\nq3,+15006660033\n"
+    config = {**FAST, "max_concurrent": 1, "retries": 0, "ring_timeout": 2}
+    async with agent_stack(
+        redis_url, agent_config=agents(), sandbox_config={"no_answer_seconds": 30}
+    ) as stack:
+        created = await api.create_campaign(redis_client, KEYS, csv, config)
+        cid = created.campaign_id
+        await api.start(redis_client, KEYS, cid)
+
+        async def ringing() -> bool:
+            return (await api.status(redis_client, KEYS, cid))["counts"].get("calling") == 1
+
+        await wait_for(ringing, deadline_s=20, what="the first call ringing")
+        await api.pause(redis_client, KEYS, cid)
+
+        async def ended() -> bool:
+            status = await api.status(redis_client, KEYS, cid)
+            return status["counts"].get("no_answer") == 1 and status["live"] == 0
+
+        await wait_for(ended, deadline_s=20, what="the live call ended by its ring timeout")
+        await drained(redis_client, stack)
+        status = await api.status(redis_client, KEYS, cid)
+        assert status["state"] == "paused" and status["counts"]["pending"] == 2
+        assert len(stack.requests("/calls/initiate")) == 1
+        await api.resume(redis_client, KEYS, cid)
+        status = await finished(redis_client, cid)
+        assert status["counts"] == {"done": 2, "no_answer": 1}
+
+
+async def test_with_no_campaign_the_agent_costs_no_request_and_no_key(redis_url, redis_client):
+    from ringez_worker.sandbox import start_scenario
+
+    async with agent_stack(redis_url) as stack:  # the default agents, campaigns among them
+        assert stack.config.enabled("campaigns")
+        run = start_scenario(stack.sandbox.sandbox, "calm", stack.receiver_url)
+        await run.task
+        await drained(redis_client, stack)
+        assert stack.requests("/calls/initiate") == [] and stack.requests("/sessions/create") == []
+        assert [k async for k in redis_client.scan_iter(match="rz:campaign*")] == []
