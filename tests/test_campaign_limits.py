@@ -87,3 +87,20 @@ def test_the_window_is_local_and_stops_a_minute_before_its_end():
         seconds_until_open("09:00-18:00", ["UTC"], datetime(2026, 12, 2, 8, 30, tzinfo=UTC)) == 1800
     )
     assert is_open(None, "UTC", at)
+
+
+async def test_a_call_that_talked_without_its_answer_handled_is_not_called_again(redis_client):
+    store, cid = await campaign(redis_client)
+    await store.next_dial(cid, NOW, [])
+    await store.dialed(cid, "c0", 1, "call_a", 0.05, NOW, 60)
+    # call.completed with a duration, no call.answered handled: it was answered.
+    state = await store.finish(
+        cid, "c0", "call_a", "completed", duration=42, cost=0.05, now_ms=NOW, retry_due_ms=NOW,
+        max_attempts=3, reason="", opt_out_digit="9",
+    )  # fmt: skip
+    record = await store.contact(cid, "c0")
+    assert (state, record["reason"], record["duration"]) == (
+        "done",
+        "answered; message not played",
+        "42",
+    )

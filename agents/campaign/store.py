@@ -276,7 +276,16 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[10])
 local status = ARGV[3]
 local state
-if st[1] == 'answered' then
+local reason = ARGV[9]
+local talked = st[1] == 'answered'
+if st[1] == 'calling' and status == 'completed' and (tonumber(ARGV[4]) or 0) > 0
+    and cost > 0 then
+  -- Answered, though its call.answered was never handled (it talked and was billed):
+  -- not a no-answer to call again.
+  talked = true
+  if reason == '' then reason = 'answered; message not played' end
+end
+if talked then
   if ARGV[11] ~= '' and st[5] and string.sub(st[5], 1, 1) == ARGV[11] then
     state = 'opted_out'
     redis.call('SADD', KEYS[6], redis.sha1hex(st[6]))
@@ -297,10 +306,10 @@ else
   end
   redis.call('HINCRBY', KEYS[2], 'failed', 1)
 end
-redis.call('HSET', KEYS[1], 'state', state, 'last_status', status, 'reason', ARGV[9],
+redis.call('HSET', KEYS[1], 'state', state, 'last_status', status, 'reason', reason,
   'cost', tostring((tonumber(st[7] or '0') or 0) + cost), 'ended_ms', ARGV[6],
   'reserved', 0)
-if st[1] == 'answered' then redis.call('HSET', KEYS[1], 'duration', ARGV[4]) end
+if talked then redis.call('HSET', KEYS[1], 'duration', ARGV[4]) end
 if state == 'retry' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1]) end
 return state
 """
