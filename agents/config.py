@@ -84,6 +84,9 @@ class AgentSettings(BaseSettings):
     campaign_rate_estimate: float = Field(0.05, gt=0)
     # While calls are live: how often a pass looks for lost webhooks and crashed dials.
     campaign_sweep_seconds: float = Field(30.0, gt=0)
+    # How long past its ring timeout and max duration a call may go unreported before a
+    # sweep asks Ringez how it ended (a lost call.completed would hold its slot forever).
+    campaign_lost_call_grace_seconds: float = Field(60.0, ge=0)
     # How long an ended campaign (its contacts and results) is kept for export.
     campaign_record_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 

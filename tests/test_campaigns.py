@@ -11,6 +11,7 @@ import pytest
 from ringez_worker.agents.campaign import api
 from ringez_worker.agents.campaign.models import CampaignConfig, parse_contacts, parse_dnc
 from ringez_worker.keys import Keys
+from ringez_worker.sandbox import REQUEST_LOG
 from tests.agent_stack import agent_stack
 from tests.campaign_checks import (
     calls_per_attempt,
@@ -409,3 +410,39 @@ async def test_with_no_campaign_the_agent_costs_no_request_and_no_key(redis_url,
         await drained(redis_client, stack)
         assert stack.requests("/calls/initiate") == [] and stack.requests("/sessions/create") == []
         assert [k async for k in redis_client.scan_iter(match="rz:campaign*")] == []
+
+
+async def test_a_call_whose_webhooks_never_came_is_read_back_and_frees_its_slot(
+    redis_url, redis_client
+):
+    # Every event goes to a closed port: the sweep must learn the call's end from Ringez.
+    dead = "http://127.0.0.1:9/webhooks/ringez"
+    async with agent_stack(
+        redis_url,
+        agent_config=agents(campaign_lost_call_grace_seconds=0),
+        sandbox_config={"receiver_url": dead},
+    ) as stack:
+        csv = "id,phone\nl1,+15006660031\n"
+        # Answered (the sandbox's retries to the dead port take ~2 s), never known to be:
+        # the ring check hangs it up at 5 s, and 5 + 10 s after the dial a sweep reads it.
+        config = {**FAST, "ring_timeout": 5, "max_duration": 10}
+        created = await api.create_campaign(redis_client, KEYS, csv, config)
+        await api.start(redis_client, KEYS, created.campaign_id)
+        status = await finished(redis_client, created.campaign_id, deadline_s=40)
+        assert len(stack.requests("/calls/initiate")) == 1
+        reads = [
+            e for e in stack.sandbox.app[REQUEST_LOG]
+            if e["method"] == "GET" and e["path"].endswith(rows_call_id(stack))
+        ]  # fmt: skip
+        assert reads, "the call read back"
+    rows = await api.export(redis_client, KEYS, created.campaign_id)
+    assert (
+        rows[0]["status"] == "done" and rows[0]["reason"] == "end not reported; read from the call"
+    )
+    assert status["live"] == 0 and status["reserved"] == 0 and status["spent"] == 0.05
+
+
+def rows_call_id(stack: Any) -> str:
+    """The one call the sandbox created."""
+    (call,) = stack.sandbox.sandbox.state.calls.values()
+    return call.call_id

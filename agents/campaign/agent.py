@@ -45,9 +45,6 @@ SAFE_RESEND_MS = 240_000
 # How long a session being opened by a worker that may have died is left to it.
 STALE_OPEN_MS = 30_000
 CALL_MAP_TTL_SECONDS = 2 * 24 * 3600
-# How long a call past its ring timeout and max duration may go unreported before the pass
-# asks Ringez how it ended (a lost call.completed would hold its slot forever).
-LOST_CALL_GRACE_MS = 60_000
 
 
 class NotMappedYet(Exception):
@@ -232,13 +229,16 @@ class CampaignAgent:
     ) -> None:
         """Dials a killed worker left, and calls whose end was never reported."""
         now = _ms()
-        lost_after = (config.ring_timeout + config.max_duration) * 1000 + LOST_CALL_GRACE_MS
-        raw = await ctx.redis.zrangebyscore(store.keys.live(cid), "-inf", now - STALE_DIAL_MS)
+        grace = int(self.config.campaign_lost_call_grace_seconds * 1000)
+        lost_after = (config.ring_timeout + config.max_duration) * 1000 + grace
+        oldest = now - min(STALE_DIAL_MS, lost_after)
+        raw = await ctx.redis.zrangebyscore(store.keys.live(cid), "-inf", oldest)
         for contact in (r.decode() for r in raw):
             c = await store.contact(cid, contact) or {}
             state = c.get("state")
-            if state == "dialing":
-                if now - int(c.get("dial_ms", now)) < SAFE_RESEND_MS:
+            claimed = now - int(c.get("dial_ms", now))
+            if state == "dialing" and claimed >= STALE_DIAL_MS:
+                if claimed < SAFE_RESEND_MS:
                     await self._send(ctx, store, cid, config, contact, int(c["n"]))
                 else:
                     await self._end(
