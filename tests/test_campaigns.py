@@ -139,6 +139,13 @@ async def test_the_cli_creates_starts_reports_and_exports(redis_url, redis_clien
     assert bad.returncode == 2 and bad.stderr.startswith("ringez-worker campaign: --message")
     missing = run_cli("campaign", "create", "--contacts", "nowhere.csv", "--message", "x", env=env)
     assert missing.returncode == 2 and "nowhere.csv: no such file" in missing.stderr
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"phone\n\x86\xff\n")
+    undecodable = run_cli(
+        "campaign", "create", "--contacts", str(binary), "--message", "x", env=env
+    )
+    assert undecodable.returncode == 2 and "not UTF-8 text" in undecodable.stderr
+    assert "Traceback" not in undecodable.stderr
     late = run_cli(
         "campaign", "create", "--contacts", str(contacts), "--message", "x",
         "--retry-after", "soon", env=env,

@@ -168,7 +168,10 @@ async def _create(redis: Any, keys: Any, args: argparse.Namespace) -> int:
                 f"--{flags.get(k, k).replace('_', '-')}: {v}" for k, v in field_errors(exc).items()
             )
         )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        named = " / ".join(p for p in (args.contacts, args.dnc) if p)
+        return _fail(f"{named}: not UTF-8 text (save the file as UTF-8 CSV)")
+    except ValueError as exc:
         return _fail(f"--contacts {args.contacts}: {exc}")
     for problem in created.problems:
         print(f"{NAME}: {args.contacts} {problem}", file=sys.stderr)

@@ -156,6 +156,15 @@ def phone_of(value: str, region: str) -> str:
     return to_e164(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+def _rows(reader: csv.DictReader[str]) -> Any:
+    """The reader's rows; a row the csv module cannot read (a NUL byte) is a ValueError
+    naming its line, not a crash."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
+
+
 def parse_contacts(
     text: str, *, region: str = "US", do_not_call: frozenset[str] = frozenset()
 ) -> ContactsFile:
@@ -170,7 +179,7 @@ def parse_contacts(
     reader.fieldnames = columns
     seen_phones: dict[str, int] = {}
     seen_ids: dict[str, int] = {}
-    for row in reader:
+    for row in _rows(reader):
         line = reader.line_num
         if len(result.contacts) >= MAX_CONTACTS:
             result.rejected.append((line, f"more than {MAX_CONTACTS} contacts"))
