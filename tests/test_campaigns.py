@@ -453,3 +453,38 @@ def rows_call_id(stack: Any) -> str:
     """The one call the sandbox created."""
     (call,) = stack.sandbox.sandbox.state.calls.values()
     return call.call_id
+
+
+async def test_status_on_a_terminal_draws_a_progress_bar(redis_url, redis_client):
+    created = await api.create_campaign(redis_client, KEYS, "phone\n+15006660031\n", FAST)
+    cid = created.campaign_id
+    await redis_client.hset(f"rz:campaign:{cid}", "state", "done")  # nothing left to watch
+    await redis_client.hset(f"rz:campaign:{cid}:contact:line2", "state", "done")
+    code, out = on_a_terminal(["campaign", "status", cid], {"REDIS_URL": redis_url})
+    assert code == 0 and "[" + "#" * 30 + "] 1/1" in out and "done" in out, out
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal; (exit code, what it drew)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ringez_worker.worker.cli", *args],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            cwd=ROOT,
+            timeout=30,
+        )
+    finally:
+        os.close(follower)
+    out = os.read(leader, 65536).decode()
+    os.close(leader)
+    return proc.returncode, out
