@@ -165,6 +165,14 @@ async def test_the_cli_creates_starts_reports_and_exports(redis_url, redis_clien
         f"ringez-worker campaign: {contacts} line 4: on the do-not-call list, not called",
     ]
     assert cid in run_cli("campaign", "list", env=env).stdout
+    empty = tmp_path / "empty.csv"
+    empty.write_text("phone\nnope\n")
+    nothing = run_cli("campaign", "create", "--contacts", str(empty), "--message", "x", env=env)
+    assert nothing.returncode == 2 and nothing.stderr.splitlines() == [
+        f"ringez-worker campaign: {empty} line 2: phone is not a phone number",
+        f"ringez-worker campaign: {empty}: no contact to call: every row was left out",
+    ]
+    assert run_cli("campaign", "list", env=env).stdout.count("cmp_") == 1  # nothing stored
     async with agent_stack(redis_url, agent_config=agents()) as stack:
         assert run_cli("campaign", "start", cid, env=env).returncode == 0
         again = run_cli("campaign", "start", cid, env=env)

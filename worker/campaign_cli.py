@@ -168,6 +168,10 @@ async def _create(redis: Any, keys: Any, args: argparse.Namespace) -> int:
                 f"--{flags.get(k, k).replace('_', '-')}: {v}" for k, v in field_errors(exc).items()
             )
         )
+    except api.NoContacts as exc:
+        for problem in exc.problems:
+            print(f"{NAME}: {args.contacts} {problem}", file=sys.stderr)
+        return _fail(f"{args.contacts}: {exc}")
     except UnicodeDecodeError:
         named = " / ".join(p for p in (args.contacts, args.dnc) if p)
         return _fail(f"{named}: not UTF-8 text (save the file as UTF-8 CSV)")
@@ -175,8 +179,6 @@ async def _create(redis: Any, keys: Any, args: argparse.Namespace) -> int:
         return _fail(f"--contacts {args.contacts}: {exc}")
     for problem in created.problems:
         print(f"{NAME}: {args.contacts} {problem}", file=sys.stderr)
-    if created.contacts == 0:
-        return _fail(f"{args.contacts}: no contact to call")
     print(created.campaign_id)
     return 0
 

@@ -5,6 +5,7 @@ from ringez_worker.agents.campaign.agent import CampaignAgent, campaign_call_key
 from ringez_worker.agents.campaign.api import (
     CampaignError,
     Created,
+    NoContacts,
     cancel,
     create_campaign,
     export,
@@ -21,6 +22,7 @@ __all__ = [
     "CampaignConfig",
     "CampaignError",
     "Created",
+    "NoContacts",
     "campaign_call_key",
     "cancel",
     "create_campaign",

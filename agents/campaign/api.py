@@ -35,6 +35,14 @@ class CampaignError(ValueError):
     """A request that cannot be done as asked (unknown campaign, wrong state)."""
 
 
+class NoContacts(CampaignError):
+    """Every row was left out: nothing is stored. `problems` says why, by line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("no contact to call: every row was left out")
+        self.problems = problems
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     campaign_id: str
@@ -57,7 +65,7 @@ async def create_campaign(
     """Store a campaign (a draft: `start` begins calling). `contacts`: a CSV path, its
     text, or a parsed file; `dnc`: a do-not-call file path or numbers. Raises pydantic's
     ValidationError for bad settings, ValueError for a file with no phone column; bad
-    rows are reported in `problems`, never raised."""
+    rows are reported in `problems`, never raised (NoContacts if no row is left)."""
     model = config if isinstance(config, CampaignConfig) else CampaignConfig(**config)
     problems: list[str] = []
     numbers: frozenset[str] = frozenset()
@@ -72,6 +80,8 @@ async def create_campaign(
     store = CampaignStore(redis, keys.prefix)
     # Numbers that opted out of an earlier campaign are left out now, not dialed later.
     opted = await _drop_opted_out(redis, store.keys.optout, parsed)
+    if not parsed.contacts:
+        raise NoContacts(problems + parsed.problems() + opted)
     cid = f"cmp_{uuid.uuid4().hex[:12]}"
     # The worker that opens the campaign sets its own CAMPAIGN_RATE_ESTIMATE instead.
     await store.create(cid, model, parsed.contacts, numbers, DEFAULT_RATE_ESTIMATE, _ms())
