@@ -13,10 +13,14 @@ if __name__ != "ringez_worker.agents":  # the folder maps into the namespace (py
 
 from prometheus_client import CollectorRegistry
 
-from ringez_worker.agents.callbacks import CallbackAgent, leave_callback_calls_alone
+from ringez_worker.agents.callbacks import CallbackAgent
+from ringez_worker.agents.callbacks.agent import callback_call_key
 from ringez_worker.agents.callbacks.metrics import CallbackMetrics
+from ringez_worker.agents.campaign import CampaignAgent, campaign_call_key
+from ringez_worker.agents.campaign.metrics import CampaignMetrics
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.escalation import EscalationAgent
+from ringez_worker.agents.own_calls import CallMark, leave_own_calls_alone
 from ringez_worker.agents.quality import QualityAgent
 from ringez_worker.agents.quality_metrics import QualityMetrics
 from ringez_worker.agents.recharge import RechargeAgent
@@ -26,6 +30,7 @@ from ringez_worker.handlers.router import Router
 __all__ = [
     "AgentSettings",
     "CallbackAgent",
+    "CampaignAgent",
     "EscalationAgent",
     "QualityAgent",
     "RechargeAgent",
@@ -47,7 +52,8 @@ def build_agents(
     /metrics registry); None: not exported."""
     router = Router()
     agents: list[object] = []
-    # The support and escalation agents leave the service's own callback calls alone.
+    # The support and escalation agents leave the service's own calls alone (callback
+    # calls, campaign calls): one guard over every enabled call map.
     live = Router()
     escalation = EscalationAgent(config) if config.enabled("escalation") else None
     if escalation is not None:
@@ -57,7 +63,12 @@ def build_agents(
         support = SupportAgent(config, escalation, intents)
         support.register(live)
         agents.append(support)
-    router.include(leave_callback_calls_alone(live) if config.enabled("callbacks") else live)
+    marks: list[CallMark] = []
+    if config.enabled("callbacks"):
+        marks.append(callback_call_key)
+    if config.enabled("campaigns"):
+        marks.append(campaign_call_key)
+    router.include(leave_own_calls_alone(live, marks))
     if config.enabled("recharge"):
         recharge = RechargeAgent(config)
         recharge.register(router)
@@ -72,4 +83,9 @@ def build_agents(
         callbacks = CallbackAgent(config, callback_metrics)
         callbacks.register(router)
         agents.append(callbacks)
+    if config.enabled("campaigns"):
+        campaign_metrics = CampaignMetrics(registry) if registry is not None else None
+        campaigns = CampaignAgent(config, campaign_metrics)
+        campaigns.register(router)
+        agents.append(campaigns)
     return router, agents

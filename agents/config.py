@@ -9,9 +9,12 @@ from ringez_worker.agents.phone import is_e164
 from ringez_worker.logs import register_secrets
 from ringez_worker.settings import settings_error
 
-ALL_AGENTS = ("support", "escalation", "recharge")
+# Campaigns are on by default: with no campaign started they cost nothing (no API request,
+# no scheduled job; one Redis GET per call event for the call map). README "Campaigns".
+ALL_AGENTS = ("support", "escalation", "recharge", "campaigns")
 # Opt-in: the quality monitor polls every answered call (API budget); the callback queue
-# needs a roster and a session. AGENTS_ENABLED=support,escalation,recharge,quality,callbacks.
+# needs a roster and a session.
+# AGENTS_ENABLED=support,escalation,recharge,campaigns,quality,callbacks.
 OPTIONAL_AGENTS = ("quality", "callbacks")
 KNOWN_AGENTS = ALL_AGENTS + OPTIONAL_AGENTS
 
@@ -21,7 +24,8 @@ class AgentSettings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
 
-    # Comma-separated subset of support, escalation, recharge; empty turns them all off.
+    # Comma-separated subset of support, escalation, recharge, campaigns (and the optional
+    # ones); empty turns them all off.
     agents_enabled: str = ",".join(ALL_AGENTS)
 
     # Support agent.
@@ -76,6 +80,18 @@ class AgentSettings(BaseSettings):
     # module:function returning {"tier": ..., "pending_issues": n} for a request (may be
     # async); unset: both read from the request's metadata.
     callback_customer_info: str | None = None
+    # Outbound campaigns (agents/campaign/, issue 15); each campaign's own limits are its
+    # `campaign create` flags.
+    # Per-minute rate a campaign's first reservation assumes, before a dial's
+    # estimated_rate is known.
+    campaign_rate_estimate: float = Field(0.05, gt=0)
+    # While calls are live: how often a pass looks for lost webhooks and crashed dials.
+    campaign_sweep_seconds: float = Field(30.0, gt=0)
+    # How long past its ring timeout and max duration a call may go unreported before a
+    # sweep asks Ringez how it ended (a lost call.completed would hold its slot forever).
+    campaign_lost_call_grace_seconds: float = Field(60.0, ge=0)
+    # How long an ended campaign (its contacts and results) is kept for export.
+    campaign_record_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
     @field_validator("agents_enabled")
     @classmethod

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ringez_worker.agents.campaign.store import CampaignKeys
 from ringez_worker.agents.config import AgentSettings
 from ringez_worker.agents.recharge_record import record_charge
 from ringez_worker.api.models import WalletBalance
@@ -134,6 +135,11 @@ class RechargeAgent:
 
     async def on_balance_low(self, event: BalanceLow, ctx: Context) -> None:
         session_id = event.data.session_id
+        sessions = CampaignKeys(ctx.settings.key_prefix).sessions
+        if await ctx.redis.hexists(sessions, session_id):  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            # A campaign's session: its budget is its max_spend_limit, never topped up.
+            ctx.log.info("recharge.skipped_campaign_session", session_id=session_id)
+            return
         keys = self._keys(ctx.settings.key_prefix, session_id)
         token = ctx.delivery_id
         await self._lock(ctx, keys["lock"], token)

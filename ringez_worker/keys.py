@@ -91,6 +91,10 @@ class Keys:
         """One callback request (a hash; agents/callbacks/store.py names the queue's keys)."""
         return f"{self.prefix}:callback:{request_id}"
 
+    def campaign(self, campaign_id: str) -> str:
+        """One outbound campaign (a hash; agents/campaign/store.py names its other keys)."""
+        return f"{self.prefix}:campaign:{campaign_id}"
+
     def recharge(self, idempotency_key: str) -> str:
         """One charge's record, keyed by its idempotency key (one per episode)."""
         return f"{self.prefix}:recharge:charge:{idempotency_key}"

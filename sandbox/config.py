@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 ANSWERS = "+15005550006"
 BUSY = "+15005550001"
 NO_ANSWER = "+15005550002"
+# Campaign test numbers (README "Sandbox"): +1500666 then four digits; the tens digit picks
+# the outcome (1 busy, 2 never answered, anything else answers) and the last digit is the
+# DTMF digit pressed when asked (0: nothing, a timeout), e.g. +15006660013 is busy,
+# +15006660035 answers and presses 5.
+CAMPAIGN_RANGE = "+1500666"
+
+
+def outcome_of(number: str) -> str:
+    """How a call to `number` goes: "busy", "no-answer" or "answers"."""
+    if number == BUSY:
+        return "busy"
+    if number == NO_ANSWER:
+        return "no-answer"
+    if number.startswith(CAMPAIGN_RANGE) and len(number) == len(CAMPAIGN_RANGE) + 4:
+        return {"1": "busy", "2": "no-answer"}.get(number[-2], "answers")
+    return "answers"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ringez_worker.sandbox import (
     REQUEST_LOG,
     config_from_settings,
     dev_callbacks,
+    dev_campaign,
     start_sandbox,
     start_scenario,
 )
@@ -55,6 +56,8 @@ class Runtime(Protocol):
     create_worker: Callable[..., Worker]
     # The web console, when the CLI passes it (`dev` makes its token).
     create_console: Callable[[Settings], web.Application] | None
+    # The campaigns' Python API (agents/campaign/api.py) for the `campaign` scenario.
+    campaigns: Any
 
 
 def _say(text: str = "") -> None:
@@ -102,6 +105,10 @@ async def run_dev(
         made_files.append(roster_file)
         settings = settings.model_copy(update={"callbacks_token": _secret(callbacks_token)})
         scenarios = tuple(s for s in scenarios if s != dev_callbacks.NAME)
+    campaign = dev_campaign.NAME in scenarios and getattr(runtime, "campaigns", None) is not None
+    if campaign:
+        dev_campaign.prepare()  # before the worker is made, as for callbacks
+        scenarios = tuple(s for s in scenarios if s != dev_campaign.NAME)
 
     runner = web.AppRunner(runtime.create_app(settings), access_log=None)
     await runner.setup()
@@ -140,11 +147,21 @@ async def run_dev(
                 dev_callbacks.play(base, callbacks_token, redis, settings.key_prefix)
             )
             queue.add_done_callback(lambda _: asyncio.ensure_future(redis.aclose()))
-        names = [*scenarios, *([dev_callbacks.NAME] if queue is not None else [])]
+        calling: asyncio.Task[list[str]] | None = None
+        if campaign:
+            campaign_redis = redis_from_settings(settings)
+            calling = asyncio.create_task(
+                dev_campaign.play(runtime.campaigns, campaign_redis, settings.key_prefix)
+            )
+            calling.add_done_callback(lambda _: asyncio.ensure_future(campaign_redis.aclose()))
+        names = [
+            *scenarios,
+            *([dev_callbacks.NAME] if queue is not None else []),
+            *([dev_campaign.NAME] if calling is not None else []),
+        ]
         _say(f"playing scenarios: {', '.join(names)}")
-        played = asyncio.gather(
-            *(r.task for r in runs), *([queue] if queue is not None else []), return_exceptions=True
-        )
+        extra = [t for t in (queue, calling) if t is not None]
+        played = asyncio.gather(*(r.task for r in runs), *extra, return_exceptions=True)
         stopped = asyncio.ensure_future(stop.wait())
         waited: list[asyncio.Future[Any]] = [played, stopped, worker_task]
         await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED, timeout=120)
@@ -152,9 +169,10 @@ async def run_dev(
             worker_task.result()  # the worker died: say why
         await _wait_drained(settings)
         await _report(settings, sandbox, runs)
-        if queue is not None and queue.done() and not queue.cancelled():
-            for line in queue.result() if queue.exception() is None else [repr(queue.exception())]:
-                _say(line)
+        for task in extra:
+            if task.done() and not task.cancelled():
+                for line in task.result() if task.exception() is None else [repr(task.exception())]:
+                    _say(line)
         if not exit_after_scenarios:
             _say()
             _say("still running; send more from another terminal:")

@@ -39,7 +39,7 @@ FINAL = {"done", "failed", "cancelled"}
 def enable_agent(name: str) -> None:
     """Switch an opt-in agent on for this dev run, as a deployment would (AGENTS_ENABLED),
     keeping whatever else is enabled."""
-    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge")
+    enabled = os.environ.get("AGENTS_ENABLED", "support,escalation,recharge,campaigns")
     if name not in enabled.split(","):
         os.environ["AGENTS_ENABLED"] = f"{enabled},{name}" if enabled else name
 

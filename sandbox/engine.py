@@ -12,7 +12,7 @@ from typing import Any
 
 from ringez_worker.handlers.events import EVENT_NAMES
 from ringez_worker.logs import get_logger
-from ringez_worker.sandbox.config import BUSY, NO_ANSWER, SandboxConfig
+from ringez_worker.sandbox.config import SandboxConfig, outcome_of
 from ringez_worker.sandbox.emitter import Delivery, WebhookEmitter, event_body
 from ringez_worker.sandbox.faults import FaultInjector
 from ringez_worker.sandbox.models import Call, iso
@@ -195,12 +195,13 @@ class Sandbox:
         await self.emit_initiated(call)
         if await self.ended_within(call, pace):
             return await self.finish(call)
-        if call.to_number == BUSY:
+        outcome = outcome_of(call.to_number)
+        if outcome == "busy":
             self.state.fail(call, "busy", "busy")
             return await self.finish(call)
         self.state.ring(call)
         await self.emit_call_event(call, "call.ringing", status="ringing", to_number=call.to_number)
-        if call.to_number == NO_ANSWER:
+        if outcome == "no-answer":
             if not await self.ended_within(call, self.config.no_answer_seconds):
                 self.state.fail(call, "no-answer", "no-answer")
             return await self.finish(call)

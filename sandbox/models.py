@@ -141,6 +141,7 @@ class Call:
     # Quality metrics a scenario set (poor_quality), over the defaults below.
     quality: dict[str, float] = field(default_factory=dict)
     codec: str | None = None
+    played: list[str] = field(default_factory=list)  # audio URLs of `play` actions
     issues: list[dict[str, Any]] = field(default_factory=list)
     # Set on every change so a simulation or scenario driving the call wakes up.
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)

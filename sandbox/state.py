@@ -28,8 +28,18 @@ SESSION_TYPES = frozenset({"guest", "authenticated"})
 PAYMENT_METHODS = frozenset({"paypal", "cashfree", "stripe"})
 DECLINED_TOKEN = "tok_declined"
 DTMF = re.compile(r"^[0-9*#wW]{1,64}$")
-# The call actions the sandbox runs (ringez-api.md; switch_codec as the guide shows it).
-CALL_ACTIONS = ("dtmf", "hold", "unhold", "transfer", "hangup", "switch_codec")
+# The call actions the sandbox runs (ringez-api.md; switch_codec, play and collect as the
+# guide shows them).
+CALL_ACTIONS = ("dtmf", "hold", "unhold", "transfer", "hangup", "switch_codec", "play", "collect")
+
+
+def pressed_digits(number: str, num_digits: int = 1) -> str | None:
+    """What the person at `number` presses when asked (the `collect` action): the number's
+    last digit, `num_digits` times; a number ending in 0 presses nothing (a timeout)."""
+    last = number[-1:]
+    if not last.isdigit() or last == "0":
+        return None
+    return last * max(1, min(num_digits, 10))
 
 
 class SandboxState:
@@ -346,6 +356,7 @@ class SandboxState:
     def act(self, call_id: str, action: object, parameters: dict[str, Any]) -> dict[str, Any]:
         """Run a call action; any action on a call that is not connected is a 409."""
         call = self.get_call(call_id)
+        extra: dict[str, Any] = {}
         if action not in CALL_ACTIONS:
             raise SandboxError(
                 400, "invalid_action", f"action must be one of {', '.join(CALL_ACTIONS)}"
@@ -366,6 +377,18 @@ class SandboxState:
             call.on_hold = action == "hold"
         elif action == "switch_codec":
             call.codec = str(parameters.get("codec") or "OPUS")
+        elif action == "play":
+            url = parameters.get("audio_url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise SandboxError(400, "invalid_audio_url", "audio_url must be an http(s) URL")
+            call.played.append(url)
+        elif action == "collect":
+            if parameters.get("type", "dtmf") != "dtmf":
+                raise SandboxError(400, "invalid_input_type", "type must be dtmf")
+            num = parameters.get("num_digits", 1)
+            if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 10:
+                raise SandboxError(400, "invalid_num_digits", "num_digits must be 1-10")
+            extra["digits"] = pressed_digits(call.to_number, num)
         elif action == "transfer":
             call.transferred_to = check_e164(parameters.get("transfer_to"), "transfer_to")
             call.on_hold = False
@@ -377,6 +400,7 @@ class SandboxState:
             "action": action,
             "status": "executed",
             "timestamp": iso(now),
+            **extra,
         }
 
     def add_segment(

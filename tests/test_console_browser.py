@@ -389,3 +389,51 @@ async def test_a_callback_calls_page_shows_the_request_it_was_placed_for(
     assert "+***0005" in panel and "+14155550005" not in panel, panel
     assert "high, 30" in panel and "ana (attempt 1)" in panel and "done" in panel, panel
     assert card == "connected"  # the queue's own transfer, not an escalation
+
+
+async def test_the_campaigns_page_shows_progress_and_pauses_from_the_page(
+    redis_url: str, browser: Browser
+):
+    from ringez_worker.agents.campaign import api as campaigns
+    from ringez_worker.keys import Keys
+
+    settings = make_settings(redis_url, console_token=TOKEN)
+    redis = Redis.from_url(redis_url)
+    csv = "id,phone,name\nk1,+15006660031,Ann <b>Lee</b>\nk2,+15006660033,Bo\n"
+    try:
+        created = await campaigns.create_campaign(redis, Keys(), csv, {"message": "Hi"})
+        cid = created.campaign_id
+        # Running, with no worker to dial: what a pause from the page must stop.
+        await redis.hset(f"rz:campaign:{cid}", mapping={"state": "running"})
+        await redis.hset(f"rz:campaign:{cid}:contact:k1", mapping={"state": "done", "digits": "1"})
+        async with console(settings) as base:
+            await login(browser, base, "/campaigns")
+            assert await browser.text(f"[data-campaign='{cid}'] .finished") == "1 / 2"
+            row = await browser.text("[data-contact='k1']")
+            assert "+***0031" in row and "+15006660031" not in row and "done" in row
+            assert "Ann <b>Lee</b>" in row  # the name as text, never markup
+            await browser.screenshot("campaigns")
+            await browser.click("#pause")
+            assert (await browser.text("#notice")).startswith("Paused")
+            assert await browser.text("#reason") == "paused from the console"
+            assert (await redis.hget(f"rz:campaign:{cid}", "state")) == b"paused"
+            await browser.screenshot("campaigns-paused")
+            await browser.click("#resume")
+
+            async def resumed() -> bool:
+                return (await redis.hget(f"rz:campaign:{cid}", "state")) == b"running"
+
+            await wait_for(resumed, 10, what="the campaign resumed from the page")
+            # The same POST with the console's cookie but without the CSRF token: refused.
+            status = await browser.do(
+                browser.driver.execute_async_script,
+                "const done = arguments[arguments.length - 1];"
+                "fetch(arguments[0], {method: 'POST', body: new URLSearchParams("
+                "{action: 'pause', id: arguments[1]})}).then(r => done(r.status));",
+                f"{base}/campaigns/action",
+                cid,
+            )
+            assert status == 403
+            assert (await redis.hget(f"rz:campaign:{cid}", "state")) == b"running"
+    finally:
+        await redis.aclose()

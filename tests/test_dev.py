@@ -126,3 +126,18 @@ def test_dev_poor_quality_turns_the_opt_in_monitor_on_and_shows_what_it_did():
     assert "critical->switch_codec" in out and "warning->report_issue" in out, out
     assert "quality   reported issue (status 200)" in out
     assert "quality   switched codec to OPUS (status 200)" in out
+
+
+def test_dev_runs_a_small_campaign_and_prints_each_contact():
+    env = {"PORT": str(free_port()), "RINGEZ_WEBHOOK_SECRET": "", "RINGEZ_API_KEY": ""}
+    done = run_cli("dev", "--scenarios", "campaign", "--exit-after-scenarios", env=env, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "20/20 contacts final" in out and ": done," in out, out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("    d")}
+    assert len(rows) == 20, out
+    statuses = [r[2] for r in rows.values()]
+    assert statuses.count("busy") == 3 and statuses.count("no_answer") == 3, out
+    assert rows["d03"][2:4] == ["busy", "2"]  # +15006660214: busy, tried again once
+    assert rows["d02"][1] == "+***0137" and rows["d02"][4] == "7"  # pressed its last digit
+    assert "+15006660137" not in out  # numbers cut to their last four digits

@@ -34,6 +34,7 @@ FAMILIES = {
     "report_claim": "rz:report:claim:<time>",
     "queue": "ringez:queue",
     "callback": "rz:callback:<id>",
+    "campaign": "rz:campaign:<id>",
 }
 
 

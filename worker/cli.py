@@ -84,6 +84,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     import types
 
+    from ringez_worker.agents.campaign import api as campaigns
     from ringez_worker.sandbox.dev import DEFAULT_SCENARIOS, run_dev
     from ringez_worker.worker.app import create_worker
     from ringez_worker.worker.console import create_console_app
@@ -99,6 +100,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
                 create_app=create_app,
                 create_worker=create_worker,
                 create_console=create_console_app,
+                campaigns=campaigns,
             ),
             scenarios=scenarios,
             sandbox_port=args.sandbox_port,
@@ -450,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("id", nargs="?", help="delivery id (a unique prefix is enough)")
         action.add_argument("--all", action="store_true", help="every record")
     failed.set_defaults(run=cmd_failed)
-    from ringez_worker.worker import callbacks_cli
+    from ringez_worker.worker import callbacks_cli, campaign_cli
 
     callbacks_cli.register(sub)
+    campaign_cli.register(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ringez_worker.agents.callbacks.erasure import CallbackRequests
+from ringez_worker.agents.campaign.erasure import CampaignContacts
 from ringez_worker.erasure import Place, Subject, delete, glob_escape, scan_keys, text
 from ringez_worker.jobs import Job
 from ringez_worker.keys import Keys
@@ -296,6 +297,7 @@ PLACES: tuple[Place, ...] = (
     DeliveryLog(),
     CompletionRecords(),
     CallbackRequests(),
+    CampaignContacts(),
 )
 
 

@@ -30,8 +30,9 @@ from ringez_worker.agents.callbacks.models import (
     priority,
 )
 from ringez_worker.agents.callbacks.roster import RosterFile, load_roster
-from ringez_worker.agents.callbacks.store import CallbackStore
+from ringez_worker.agents.callbacks.store import CallbackKeys, CallbackStore
 from ringez_worker.agents.config import AgentSettings
+from ringez_worker.agents.own_calls import leave_own_calls_alone
 from ringez_worker.api.priority import Priority
 from ringez_worker.handlers import Context, Router
 from ringez_worker.jobs import schedule_task
@@ -373,24 +374,12 @@ class CallbackAgent:
             ctx.log.info("callbacks.call_ended", request_id=rid, state=state, reason=reason)
 
 
+def callback_call_key(prefix: str, call_id: str) -> str:
+    """The callback queue's call map (for the own-calls guard, agents/own_calls.py)."""
+    return CallbackKeys(prefix).call(call_id)
+
+
 def leave_callback_calls_alone(router: Router) -> Router:
-    """`router`'s handlers, skipping the service's own callback calls (the support and
-    escalation agents must not analyse or transfer them)."""
-    guarded = Router()
-    for handler in router.handlers:
-        # `add` appends "@<event>" again (not for "*" handlers, whose names carry none).
-        base = handler.name.rsplit("@", 1)[0]
-        guarded.add(handler.event, _skipping(handler.func), name=base)
-    return guarded
-
-
-def _skipping(func: Any) -> Any:
-    async def guarded(event: Any, ctx: Context) -> Any:
-        call_id = getattr(event, "call_id", None)
-        if call_id:
-            mark = CallbackStore(ctx.redis, ctx.settings.key_prefix).keys.call(call_id)
-            if await ctx.redis.exists(mark):
-                return None
-        return await func(event, ctx)
-
-    return guarded
+    """`router`'s handlers, skipping the service's own callback calls (the one guard,
+    agents/own_calls.py, with the callback call map only)."""
+    return leave_own_calls_alone(router, [callback_call_key])

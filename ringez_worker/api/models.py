@@ -152,6 +152,12 @@ class CallActionResult(RingezModel):
     timestamp: str | None = None
 
 
+class InputCollected(CallActionResult):
+    """The guide's `calls.collect_input` answer: the digits pressed, None on a timeout."""
+
+    digits: str | None = None
+
+
 class IssueReported(RingezModel):
     issue_id: str | None = None
     status: str | None = None

@@ -238,6 +238,18 @@ class Calls(Resource):
         path = f"/calls/{_seg(call_id)}/issues"
         return await self._send(m.IssueReported, "POST", path, json=body)
 
+    async def play_audio(self, call_id: str, audio_url: str) -> m.CallActionResult:
+        """The guide's `calls.play_audio` (Pattern 2): a `play` action, never re-sent."""
+        return await self.action(call_id, "play", {"audio_url": audio_url})
+
+    async def collect_input(self, call_id: str, options: Mapping[str, Any]) -> m.InputCollected:
+        """The guide's `calls.collect_input` (Pattern 2), e.g. `{"type": "dtmf", "timeout":
+        10, "num_digits": 1}`: a `collect` action answered once the digits are in
+        (`digits` None on a timeout); never re-sent."""
+        body = {"action": "collect", "parameters": dict(options)}
+        path = f"/calls/{_seg(call_id)}/actions"
+        return await self._send(m.InputCollected, "POST", path, json=body, idempotent=False)
+
     async def switch_codec(self, call_id: str, codec: str) -> m.CallActionResult:
         """The guide's `calls.switchCodec`: a `switch_codec` action, never re-sent."""
         return await self.action(call_id, "switch_codec", {"codec": codec})

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ringez_worker.agents import campaign as campaigns
 from ringez_worker.agents.callbacks import agents_with_load, list_waiting, request_for_call
 from ringez_worker.agents.phone import is_e164
 from ringez_worker.erasure import Subject
@@ -276,6 +277,50 @@ async def callbacks_page(request: web.Request) -> web.Response:
     )
 
 
+async def campaigns_page(request: web.Request) -> web.Response:
+    """Every campaign with its progress; `?id=` one campaign's contacts too."""
+    redis, keys = request.app[REDIS], request.app[KEYS]
+    listed = [
+        await campaigns.status(redis, keys, c["id"])
+        for c in reversed(await campaigns.list_campaigns(redis, keys))
+    ]
+    wanted = request.query.get("id", "").strip()
+    chosen = next((c for c in listed if c["id"] == wanted), None)
+    if chosen is None and listed and not wanted:
+        chosen = listed[0]  # the newest
+    if chosen is None and wanted:
+        raise web.HTTPNotFound(text="no such campaign")
+    contacts = await campaigns.export(redis, keys, chosen["id"]) if chosen else []
+    for row in contacts:
+        row["phone"] = mask_phone_numbers(row["phone"])  # last four digits only
+    return _render(
+        request,
+        "campaigns.html",
+        "campaigns",
+        campaigns=listed,
+        chosen=chosen,
+        contacts=contacts[:1000],
+        done=request.query.get("done", ""),
+    )
+
+
+async def campaign_action(request: web.Request) -> web.Response:
+    """Pause or resume (the console's token and CSRF token checked by the gate)."""
+    form = await request.post()
+    action, cid = str(form.get("action", "")), str(form.get("id", ""))
+    if action not in ("pause", "resume"):
+        raise web.HTTPBadRequest(text="action must be pause or resume")
+    redis, keys, gate = request.app[REDIS], request.app[KEYS], request.app[GATE]
+    try:
+        if action == "pause":
+            await campaigns.pause(redis, keys, cid, "paused from the console")
+        else:
+            await campaigns.resume(redis, keys, cid)
+    except campaigns.CampaignError as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    raise web.HTTPSeeOther(f"{gate.base}/campaigns?id={quote(cid, safe='')}&done={action}")
+
+
 async def call_page(request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
     deliveries, _ = await data.read_log(request.app[REDIS], request.app[KEYS])
@@ -446,6 +491,8 @@ def create_console_app(
     r.add_get(f"{base}/deliveries/{{id}}", delivery_page)
     r.add_get(f"{base}/calls", calls_page)
     r.add_get(f"{base}/callbacks", callbacks_page)
+    r.add_get(f"{base}/campaigns", campaigns_page)
+    r.add_post(f"{base}/campaigns/action", campaign_action)
     r.add_get(f"{base}/calls/{{call_id}}", call_page)
     r.add_get(f"{base}/failed", failed_page)
     r.add_get(f"{base}/failed/{{id}}", failed_detail)
