@@ -496,3 +496,67 @@ def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     out = os.read(leader, 65536).decode()
     os.close(leader)
     return proc.returncode, out
+
+
+async def test_a_campaign_that_fills_the_budget_leaves_an_escalation_its_transfer(
+    redis_url, redis_client
+):
+    # Issue 15: dialing stops at its ceiling (here 80 % of 60 requests: reserve 20 %), so
+    # the live class still finds room. The escalation agent's own path (call status,
+    # routing, transfer, all LIVE) goes out at once while the campaign waits for room.
+    import time
+
+    from ringez_worker.agents import AgentSettings, EscalationAgent
+    from ringez_worker.api import Priority, RedisRateLimiter, RingezClient
+    from ringez_worker.handlers import Context, parse_event
+    from ringez_worker.logs import get_logger
+    from ringez_worker.sandbox import start_scenario
+    from tests.conftest import event_body
+
+    limit, reserve = 60, 0.2
+    contacts = "id,phone\n" + "".join(f"c{i},+150066603{i % 10}{i % 9 + 1}\n" for i in range(40))
+    async with agent_stack(
+        redis_url,
+        agent_config=agents(),
+        ringez_rate_limit=limit,
+        ringez_rate_reserve_live=reserve,
+    ) as stack:
+        limiter = RedisRateLimiter.for_api_key(
+            redis_client, "sk_test_agents", limit=limit, reserve_live=reserve
+        )
+        created = await api.create_campaign(
+            redis_client, KEYS, contacts, {**FAST, "max_concurrent": 3, "retries": 0}
+        )
+        await api.start(redis_client, KEYS, created.campaign_id)
+
+        async def dialing_is_full() -> bool:
+            return await limiter.used() >= limiter.ceilings[Priority.DIAL]
+
+        await wait_for(dialing_is_full, deadline_s=60, what="the campaign at dialing's ceiling")
+        # An angry caller on a live call now; the escalation agent decides to transfer.
+        run = start_scenario(stack.sandbox.sandbox, "angry", stack.receiver_url)
+        call = stack.sandbox.sandbox.state.get_call(run.call_id)
+        await wait_for(lambda: call.answered_at is not None, 20, what="the angry call live")
+        body = event_body("transcription.updated", call_id=run.call_id, text="I want a manager")
+        client = RingezClient.from_settings(stack.settings, redis=redis_client)
+        try:
+            ctx = Context(
+                delivery_id="d" * 64,
+                redis=redis_client,
+                settings=stack.settings,
+                log=get_logger("test"),
+                client=client,
+            )
+            agent = EscalationAgent(AgentSettings(_env_file=None))
+            started = time.monotonic()
+            target = await agent.escalate(
+                parse_event(orjson.loads(body), "d" * 64), ctx, reason="test"
+            )
+            took = time.monotonic() - started
+        finally:
+            await client.aclose()
+        assert target is not None and call.transferred_to == target
+        assert took < 1.0, took  # no wait for the window (it frees in an hour)
+        # And the campaign is held back meanwhile, not refused: it waits for room.
+        assert await limiter.try_acquire(Priority.DIAL) > 0
+        await api.cancel(redis_client, KEYS, created.campaign_id)
