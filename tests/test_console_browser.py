@@ -437,3 +437,35 @@ async def test_the_campaigns_page_shows_progress_and_pauses_from_the_page(
             assert (await redis.hget(f"rz:campaign:{cid}", "state")) == b"running"
     finally:
         await redis.aclose()
+
+
+async def test_a_campaign_calls_page_shows_its_campaign_and_contact(
+    redis_url: str, browser: Browser
+):
+    from ringez_worker.agents.campaign import api as campaigns
+    from ringez_worker.keys import Keys
+
+    agents = {"agents_enabled": "campaigns", "campaign_sweep_seconds": 1}
+    async with agent_stack(redis_url, agent_config=agents, console_token=TOKEN) as stack:
+        redis = Redis.from_url(redis_url)
+        try:
+            csv = "id,phone,name\nk7,+15006660037,Kim\n"  # answers, presses 7
+            config = {"message": "Hello", "name": "December reminders", "ring_timeout": 5}
+            created = await campaigns.create_campaign(redis, Keys(), csv, config)
+            await campaigns.start(redis, Keys(), created.campaign_id)
+
+            async def finished() -> bool:
+                status = await campaigns.status(redis, Keys(), created.campaign_id)
+                return status["state"] == "done"
+
+            await wait_for(finished, 30, what="the one-contact campaign done")
+            await wait_for(lambda: _idle(redis), 30, what="the queue to drain")
+            (row,) = await campaigns.export(redis, Keys(), created.campaign_id)
+            async with console(stack.settings) as base:
+                await login(browser, base, f"/calls/{row['call_ids'][0]}")
+                panel = await browser.text("#campaign")
+                await browser.screenshot("call-campaign")
+        finally:
+            await redis.aclose()
+    assert "December reminders" in panel and "k7 Kim (+***0037)" in panel, panel
+    assert "+15006660037" not in panel and "digits pressed\n7" in panel, panel

@@ -234,3 +234,22 @@ async def export(redis: Redis, keys: Keys, cid: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+async def contact_for_call(redis: Redis, keys: Keys, call_id: str) -> dict[str, Any] | None:
+    """The campaign and contact a call was placed for (campaign id and name, contact id,
+    attempt, its record), or None: the call is not one of the campaigns' own."""
+    store = CampaignStore(redis, keys.prefix)
+    mapped = await store.of_call(call_id)
+    if mapped is None:
+        return None
+    cid, contact, attempt = mapped
+    record = await store.contact(cid, contact) or {}
+    name = await redis.hget(store.keys.campaign(cid), "name")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    return {
+        "campaign_id": cid,
+        "campaign_name": name.decode() if isinstance(name, bytes) else (name or ""),
+        "contact": contact,
+        "attempt": attempt,
+        **record,
+    }

@@ -328,12 +328,16 @@ async def call_page(request: web.Request) -> web.Response:
     if view is None:
         raise web.HTTPNotFound(text="no such call in the log")
     placed = await request_for_call(request.app[REDIS], request.app[KEYS], call_id)
+    dialed = await campaigns.contact_for_call(request.app[REDIS], request.app[KEYS], call_id)
+    if dialed is not None:
+        dialed["phone"] = mask_phone_numbers(str(dialed.get("phone", "")))  # last four only
     return _render(
         request,
         "call.html",
         "calls",
         c=view,
         callback=None if placed is None else _shown_request(placed),
+        campaign=dialed,
         chart=charts.line(view.sentiments),
         redact=request.app[REDACT].scrub,
     )
