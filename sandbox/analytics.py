@@ -48,8 +48,11 @@ def _by_hour(calls: list[Call]) -> dict[str, Any]:
             "total_calls": len(group),
             "total_duration": sum(c.duration for c in ended),
             "total_cost": round(sum(c.cost for c in ended), 4),
-            # A batch (campaign) call carries its batch id in its metadata.
-            "campaign_calls": sum("batch_id" in c.metadata for c in group),
+            # A campaign call: a batch call carries its batch id in its metadata, and
+            # the service's own campaigns dial one by one with their campaign id there.
+            "campaign_calls": sum(
+                "batch_id" in c.metadata or "campaign_id" in c.metadata for c in group
+            ),
         }
         for status in ("completed", "failed", "busy", "no-answer"):
             entry[status] = sum(c.status == status for c in group)

@@ -347,6 +347,15 @@ async def test_campaign_calls_and_one_session(redis_url, redis_client, tmp_path)
                 calls=[{"to_number": "+15005550006"}, {"to_number": "+15005550007"}],
             )
         assert len(placed.calls) == 2
+        # And one dialed by the service's own campaign agent (calls/initiate, one by one,
+        # its campaign id in the call's metadata).
+        async with RingezClient.from_settings(stack.settings, redis=redis_client) as ringez:
+            await ringez.calls.initiate(
+                session_id=campaign.session_id,
+                to_number="+15006660031",
+                metadata={"campaign_id": "cmp_1", "contact_id": "c1", "attempt": 1},
+                idempotency_key="campaign:cmp_1:c1:1",
+            )
         report = ReportSettings(_env_file=None)
         day = datetime.now(UTC).date()
         everyone, _ = await report_to_files(
@@ -363,8 +372,8 @@ async def test_campaign_calls_and_one_session(redis_url, redis_client, tmp_path)
     assert everyone == one == 0
     got_all = metrics_in(next((tmp_path / "all").glob("*.html")).read_text())
     got_one = metrics_in(next((tmp_path / "one").glob("*.html")).read_text())
-    assert (got_all["total_calls"], got_all["campaign_calls"]) == ("3", "2")
-    assert (got_one["total_calls"], got_one["campaign_calls"]) == ("2", "2")
+    assert (got_all["total_calls"], got_all["campaign_calls"]) == ("4", "3")
+    assert (got_one["total_calls"], got_one["campaign_calls"]) == ("3", "3")
 
 
 async def test_a_failed_scheduled_render_is_retried_as_a_job(redis_url, redis_client, monkeypatch):
