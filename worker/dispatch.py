@@ -269,7 +269,10 @@ class Dispatcher:
         sink = COMPLETIONS.get()
         if sink is not None:
             sink.running = len(pending)
-        results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
+        if len(pending) == 1:  # most deliveries: no gather, no task of its own
+            results = [await self._run(pending[0], event, ctx)]
+        else:
+            results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
         retryable = False
         waits: list[float | None] = []
         for handler, result in zip(pending, results, strict=True):
