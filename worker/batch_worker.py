@@ -553,6 +553,7 @@ class _Finisher:
         self._pending: list[tuple[list[Arg], int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
 
     def end(self, job_id: str, action: str, score: int, sink: Completions) -> asyncio.Future[None]:
         settings = self._settings()
@@ -594,6 +595,7 @@ class _Finisher:
             while self._pending:
                 batch = self._pending[:_FINISH_BATCH]
                 del self._pending[:_FINISH_BATCH]
+                self._busy = True
                 try:
                     await self._write(batch)
                 except BaseException as exc:
@@ -606,6 +608,8 @@ class _Finisher:
                     for _, _, future in batch:
                         if not future.done():
                             future.set_result(None)
+                finally:
+                    self._busy = False
 
     async def _write(self, batch: list[tuple[list[Arg], int, asyncio.Future[None]]]) -> None:
         settings = self._settings()
@@ -636,7 +640,14 @@ class _Finisher:
                     raise
                 await asyncio.sleep(min(left, backoff_seconds(attempt, 0.05, 1.0)))
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = 5.0) -> None:
+        # Jobs whose task was cancelled while their end was on its way: write it first
+        # (else they wait out their lease), within a bound.
+        deadline = time.monotonic() + wait_s
+        while (self._pending or self._busy) and time.monotonic() < deadline:
+            if self._task is None or self._task.done():
+                break
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
