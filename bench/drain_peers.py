@@ -77,11 +77,13 @@ class Engine:
     env: dict[str, str] = field(default_factory=dict)
 
     def python(self) -> str:
+        if self.peer == BASE:
+            return str(base_root() / ".venv" / "bin" / "python")
         return sys.executable if self.peer is None else str(venvs.python_for(self.peer))
 
     def worker_argv(self) -> list[str]:
-        if self.peer is None:
-            return [sys.executable, "-m", "ringez_worker.worker.cli", "worker"]
+        if self.peer in (None, BASE):
+            return [self.python(), "-m", "ringez_worker.worker.cli", "worker"]
         if self.peer == "taskiq":
             taskiq = str(Path(self.python()).parent / "taskiq")
             return [
@@ -89,6 +91,16 @@ class Engine:
                 *("--max-async-tasks", "100", "--log-level", "WARNING"),
             ]
         return [self.python(), str(PEERS / f"{self.module}.py"), "worker"]
+
+
+# `ringez-base`: this project's worker as of another checkout (BENCH_RINGEZ_BASE, with
+# its own venv in .venv, e.g. `git archive main | tar -x -C DIR` and `pip install -e
+# "DIR[fast]"`), for a before/after in the same run. Its jobs are queued as ours.
+BASE = "ringez-base"
+
+
+def base_root() -> Path:
+    return Path(os.environ.get("BENCH_RINGEZ_BASE", "/tmp/rz-base"))
 
 
 ENGINES = {
@@ -115,6 +127,7 @@ ENGINES = {
             "arq_peer",
         ),
         Engine("ringez", "**this project's worker** (`WORKER_MAX_JOBS=100`)", None),
+        Engine(BASE, "this project's worker before (BENCH_RINGEZ_BASE checkout)", BASE),
         Engine("saq", "SAQ 0.26 (`concurrency=100`)", "saq", "saq_peer"),
         Engine("streaq", "streaQ 7.2 (`concurrency=100`)", "streaq", "streaq_peer"),
     )
@@ -123,10 +136,10 @@ ENGINES = {
 
 def engine_env(engine: Engine, url: str) -> dict[str, str]:
     env = {**os.environ, "BENCH_REDIS_URL": url, **engine.env}
-    if engine.peer is None:
+    if engine.peer in (None, BASE):
         env.update(
             {
-                "PYTHONPATH": str(ROOT),
+                "PYTHONPATH": str(ROOT if engine.peer is None else base_root()),
                 "REDIS_URL": url,
                 "RINGEZ_HANDLERS": "bench.incr_handlers",
                 "LOG_LEVEL": "WARNING",
@@ -145,7 +158,7 @@ def engine_env(engine: Engine, url: str) -> dict[str, str]:
 
 def enqueue(engine: Engine, url: str, events: int) -> None:
     """Queue `events` jobs through the engine's own client (all due now)."""
-    if engine.peer is None:
+    if engine.peer in (None, BASE):
         client = redis.Redis.from_url(url)
         load(client, Keys(), events, int(time.time() * 1000))  # as bench/drain.py does
         client.close()
@@ -194,7 +207,7 @@ def run_one(
             popen = subprocess.Popen(
                 engine.worker_argv(),
                 env=env,
-                cwd=ROOT if engine.peer is None else PEERS,
+                cwd={None: ROOT, BASE: base_root()}.get(engine.peer, PEERS),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -336,7 +349,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated")
+    parser.add_argument(
+        "--engines", default=",".join(n for n in ENGINES if n != BASE), help="comma-separated"
+    )
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument(
         "--profile",
@@ -351,7 +366,7 @@ def main() -> None:
         raise SystemExit(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     os.chdir(ROOT)
     print(json.dumps(machine()), flush=True)
-    peers = sorted({ENGINES[n].peer for n in names if ENGINES[n].peer})
+    peers = sorted({p for n in names if (p := ENGINES[n].peer) and p != BASE})
     print("project venv:", project_versions(), flush=True)
     for peer in peers:
         print(f"{peer} venv:", venvs.versions(peer), flush=True)
@@ -361,7 +376,7 @@ def main() -> None:
     for round_no in range(args.rounds):
         order = names if round_no % 2 == 0 else names[::-1]
         for name in order:
-            profile = args.profile and ENGINES[name].peer is None
+            profile = args.profile and ENGINES[name].peer in (None, BASE)
             row = run_one(ENGINES[name], args.events, log_dir, profile, round_no + 1)
             row["round"] = round_no + 1
             results.append(row)

@@ -60,6 +60,10 @@ STEPS: list[Rule] = [
         _func("Dispatcher._mark_done"),
     ),
     ("arq finish_job (MULTI ZREM ZREM DEL EXEC)", _func("Worker.finish_job")),
+    (
+        "end of jobs, batched (`_Finisher`: one `_FINISH` EVALSHA per group of jobs)",
+        _func("_Finisher.end", "_Finisher._run", "_Finisher._write"),
+    ),
     ("typed event parse (`parse_event`, pydantic)", _func("parse_event")),
     (
         "JSON decode (job record, body)",
@@ -68,10 +72,11 @@ STEPS: list[Rule] = [
     ("logging (structlog bind, JSON lines)", _file("structlog/", "ringez_worker/logs.py")),
     ("metrics (prometheus_client)", _file("prometheus_client/")),
     (
-        "claim (Lua: ZRANGEBYSCORE, EXISTS, PSETEX) and task start",
+        "claim (Lua: before ZRANGEBYSCORE EXISTS PSETEX; after ZRANGEBYSCORE MGET SET ZADD) "
+        "and task start",
         _func("RingezWorker._claim_and_start"),
     ),
-    ("lease renewal (PEXPIRE pipeline)", _func("RingezWorker._renew_leases")),
+    ("lease renewal (PEXPIRE pipeline / `_RENEW` script)", _func("RingezWorker._renew_leases")),
     (
         "heartbeat, presence, wake listener",
         _func("RingezWorker._beat", "RingezWorker._presence", "RingezWorker._listen"),
@@ -82,7 +87,18 @@ STEPS: list[Rule] = [
     ),
     (
         "dispatch's own Python (routing, Context, gather, timeout, bind)",
-        _func("Dispatcher._run", "Dispatcher._dispatch", "Dispatcher.dispatch", "handle_event"),
+        _func(
+            "Dispatcher._run",
+            "Dispatcher._run_handler",
+            "Dispatcher._dispatch",
+            "Dispatcher._dispatch_safely",
+            "Dispatcher.dispatch",
+            "handle_event",
+        ),
+    ),
+    (
+        "the job's run around dispatch (`RingezWorker._run_claimed`: ctx, timeout, counters)",
+        _func("RingezWorker._run_claimed"),
     ),
     # arq 0.28's run_job: lines 479-490 are its first pipeline.
     (

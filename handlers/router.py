@@ -31,6 +31,9 @@ class Router:
         self._handlers: list[Handler] = []
         self._intents: dict[str, list[IntentFunc]] = {}
         self._startup: list[StartupFunc] = []
+        # handlers_for's answers, per (event, task) and registry size (the worker asks
+        # for every job; registrations happen at start-up).
+        self._routes: dict[tuple[str, bool, int], tuple[Handler, ...]] = {}
 
     def on(self, *events: str, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register the decorated coroutine for each of `events` (`"*"` means every event)."""
@@ -108,6 +111,15 @@ class Router:
         """Handlers for `event`, in registration order, `*` handlers included; with `task`,
         the handlers of that task only. A webhook never reaches a task handler, whatever
         its event name says."""
+        key = (event, task, len(self._handlers))
+        found = self._routes.get(key)
+        if found is None:
+            if len(self._routes) > 1024:
+                self._routes.clear()  # event names come from senders: keep it bounded
+            found = self._routes[key] = tuple(self._find(event, task))
+        return list(found)
+
+    def _find(self, event: str, task: bool) -> list[Handler]:
         if task:
             return [h for h in self._handlers if h.event == event] if _is_task(event) else []
         if _is_task(event):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 
 import aiohttp
 import aiohttp.web
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, retry_key_prefix
 
 from ringez_worker.api.ratelimit import RedisRateLimiter
 from ringez_worker.sandbox import SandboxConfig, start_sandbox, start_scenario
@@ -30,13 +31,20 @@ pytestmark = pytest.mark.timeout(90)
 QUALITY = {"agents_enabled": "quality", "quality_poll_seconds": 0.1}
 
 
-# Atomic, so a check finishing between reading the queue and its in-progress key is not
-# counted as pending.
+# Atomic, so a check finishing between reading the queue and its keys is not counted as
+# pending. A running check stays in arq's queue until it finishes, next to the one it
+# scheduled: under RingezWorker with its score moved to its lease's deadline and its try
+# counter set (a check that was never claimed has none); under plain arq with an
+# in-progress key.
 _PENDING = """
 local n = 0
-for _, j in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.sub(j, 1, #ARGV[1]) == ARGV[1] and redis.call('EXISTS', ARGV[2] .. j) == 0 then
-    n = n + 1
+local queued = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #queued, 2 do
+  local id = queued[i]
+  if string.sub(id, 1, #ARGV[1]) == ARGV[1] then
+    local leased = redis.call('EXISTS', ARGV[2] .. id) == 1 or (
+      redis.call('EXISTS', ARGV[3] .. id) == 1 and tonumber(queued[i + 1]) > tonumber(ARGV[4]))
+    if not leased then n = n + 1 end
   end
 end
 return n
@@ -44,12 +52,10 @@ return n
 
 
 async def pending_checks(redis_client, settings, call_id: str) -> int:
-    """Checks of this call queued and not yet claimed by a worker (a running check stays
-    in arq's queue until it finishes, next to the one it scheduled)."""
+    """Checks of this call queued and not yet claimed by a worker."""
     prefix = f"task:quality.check:{call_id}:"
-    return int(
-        await redis_client.eval(_PENDING, 1, settings.queue_name, prefix, in_progress_key_prefix)
-    )
+    args = (prefix, in_progress_key_prefix, retry_key_prefix, int(time.time() * 1000))
+    return int(await redis_client.eval(_PENDING, 1, settings.queue_name, *args))
 
 
 async def test_poor_quality_reports_once_and_switches_codec_once_with_one_pending_check(

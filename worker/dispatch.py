@@ -30,6 +30,7 @@ from ringez_worker.tracing import TRACING
 from ringez_worker.transcripts import redact_body
 from ringez_worker.worker import activity
 from ringez_worker.worker import failed as failed_record
+from ringez_worker.worker.completions import COMPLETIONS, Run
 from ringez_worker.worker.deferral import Deferrals
 from ringez_worker.worker.metrics import WorkerMetrics
 
@@ -265,7 +266,13 @@ class Dispatcher:
             client=self.ringez,
             job_try=tries,
         )
-        results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
+        sink = COMPLETIONS.get()
+        if sink is not None:
+            sink.running = len(pending)
+        if len(pending) == 1:  # most deliveries: no gather, no task of its own
+            results = [await self._run(pending[0], event, ctx)]
+        else:
+            results = await asyncio.gather(*(self._run(h, event, ctx) for h in pending))
         retryable = False
         waits: list[float | None] = []
         for handler, result in zip(pending, results, strict=True):
@@ -364,12 +371,15 @@ class Dispatcher:
         log_ = ctx.log.bind(handler=handler.name)
         started = time.perf_counter()
         api_calls = trace.start()  # this task's Ringez API requests, for the delivery log
+        sink = COMPLETIONS.get()
         try:
             # Our own limit, so a stuck handler is a retried failure like any other; arq's
             # job timeout would end the job with no retry and no record.
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 await handler.func(event, dataclasses.replace(ctx, log=log_))
         except Superseded as exc:
+            if sink is not None:
+                sink.running -= 1
             # Another attempt at this delivery owns the work: no completion record, and the
             # job is deferred (not a try), not ended. Ending it lost a delivery in the
             # chaos run: the owner was a second run of this same job (its lease had
@@ -380,6 +390,8 @@ class Dispatcher:
             log_.info("handler.superseded", reason=str(exc))
             return f"Superseded: {exc}", True, max(MIN_DEFER_SECONDS, self.backoff(ctx.job_try))
         except Exception as exc:  # one handler failing must not stop the others
+            if sink is not None:
+                sink.running -= 1
             elapsed = time.perf_counter() - started
             self.metrics.handler_runs.labels(handler.name, "failed").inc()
             _note(outcome="failed", error_type=type(exc).__name__)
@@ -400,6 +412,28 @@ class Dispatcher:
             )
             wait = outside_wait(exc, self.backoff(ctx.job_try))
             return error, bool(getattr(exc, "retryable", True)), wait
+        if sink is not None:
+            sink.running -= 1
+            if sink.running == 0:
+                # The last of the delivery's handlers: its record is written by the worker
+                # in the call that ends the job (worker/completions.py).
+                elapsed = time.perf_counter() - started
+                sink.runs.append(
+                    Run(
+                        self.keys.done(ctx.delivery_id),
+                        ctx.delivery_id,
+                        handler.name,
+                        int(time.time() * 1000),
+                        ctx.job_try,
+                        elapsed * 1000,
+                        orjson.dumps(api_calls) if api_calls else b"",
+                    )
+                )
+                self.metrics.handler_runs.labels(handler.name, "ok").inc()
+                _note(outcome="ok")
+                self.metrics.handler_seconds.labels(handler.name).observe(elapsed)
+                log_.info("handler.ok", duration_ms=round(elapsed * 1000, 2))
+                return None
         try:
             elapsed = time.perf_counter() - started
             run = self._run_fields(ctx, handler, elapsed, api_calls)
@@ -525,6 +559,9 @@ class Dispatcher:
         # Retries and replays may come long after the short success TTL. Best effort: a
         # Redis error here must not turn a retry into a dropped job.
         ttl = self.settings.handler_state_ttl_seconds
+        sink = COMPLETIONS.get()
+        if sink is not None:
+            sink.keep = True  # records still to be written with the job's end
         try:
             await self.redis.expire(self.keys.done(delivery_id), ttl)
         except (RedisError, OSError) as exc:
