@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ringez_worker.backoff import backoff_seconds
+from ringez_worker.backoff import backoff_seconds, write_within
 from ringez_worker.jobs import Job
 from ringez_worker.keys import Keys
 from ringez_worker.logs import get_logger
@@ -625,20 +625,10 @@ class _Finisher:
         ]
         for entry, _, _ in batch:
             args += entry
-        # The side effects have happened: a short refusal (a failover, a full Redis being
-        # freed) is waited out, up to half a lease, rather than running them again.
-        deadline = time.monotonic() + settings.job_lease_seconds / 2
-        attempt = 0
-        while True:
-            try:
-                await _FINISH(self._worker.pool, [self._worker.queue_name], args)
-                return
-            except (RedisError, OSError):
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-                await asyncio.sleep(min(left, backoff_seconds(attempt, 0.05, 1.0)))
+        # The side effects have happened: a short refusal is waited out, up to half a
+        # lease, rather than running them again.
+        pool, queue = self._worker.pool, self._worker.queue_name
+        await write_within(settings.job_lease_seconds / 2, lambda: _FINISH(pool, [queue], args))
 
     async def close(self, wait_s: float = 5.0) -> None:
         # Jobs whose task was cancelled while their end was on its way: write it first

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from ringez_worker.api import trace
 from ringez_worker.api.errors import RateLimited
-from ringez_worker.backoff import backoff_seconds
+from ringez_worker.backoff import backoff_seconds, write_within
 from ringez_worker.handlers.context import Context, Superseded
 from ringez_worker.handlers.events import InvalidEvent, parse_event
 from ringez_worker.handlers.router import Handler, Router
@@ -478,23 +478,16 @@ class Dispatcher:
         freed) is waited out, up to half a lease, rather than running the handler again.
         """
         done_key = self.keys.done(delivery_id)
-        deadline = time.monotonic() + self.settings.job_lease_seconds / 2
-        attempt = 0
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(done_key, handler, int(time.time() * 1000))  # type: ignore[arg-type]  # redis-py: value: str
-                    pipe.expire(done_key, self.settings.done_record_ttl_seconds)
-                    if log is not None:
-                        log(pipe)  # the console's run entry, in the same round trip
-                    await pipe.execute()
-                return
-            except (RedisError, OSError):
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-                await asyncio.sleep(min(left, backoff_seconds(attempt, 0.05, 1.0)))
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(done_key, handler, int(time.time() * 1000))  # type: ignore[arg-type]  # redis-py: value: str
+                pipe.expire(done_key, self.settings.done_record_ttl_seconds)
+                if log is not None:
+                    log(pipe)  # the console's run entry, in the same round trip
+                await pipe.execute()
+
+        await write_within(self.settings.job_lease_seconds / 2, write)
 
     async def _done(self, delivery_id: str) -> set[str]:
         names = await self.redis.hkeys(self.keys.done(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
