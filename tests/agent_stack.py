@@ -96,3 +96,73 @@ async def agent_stack(
         if receiver_server is not None:
             await receiver_server.close()
         await sandbox.close()
+
+
+@dataclass
+class RuntimeStack:
+    """A worker built by the runtime's own wiring (`create_worker(settings)`: agents and
+    their metrics from the environment), its receiver and the sandbox."""
+
+    settings: Settings
+    sandbox: RunningSandbox
+    receiver: TestServer
+    metrics_port: int
+
+    async def scrape(self) -> str:
+        """The worker's /metrics page."""
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
+                return await response.text()
+
+
+@contextlib.asynccontextmanager
+async def runtime_stack(
+    redis_url: str,
+    monkeypatch: Any,
+    *,
+    env: Any = None,
+    sandbox_config: dict[str, Any] | None = None,
+    **settings_overrides: Any,
+) -> AsyncIterator[RuntimeStack]:
+    """The sandbox, a receiver and one worker as `ringez-worker worker` builds it, with
+    its metrics server on a free port. `env`: variables for the worker's agents, or a
+    function of the running sandbox returning them (a session id, say), set before the
+    worker reads them."""
+    import asyncio
+
+    from ringez_worker.sandbox.redis_server import free_port
+    from ringez_worker.worker.app import create_worker
+
+    sandbox = await start_sandbox(
+        SandboxConfig(webhook_secret=SECRET, pacing_seconds=0.02, **(sandbox_config or {}))
+    )
+    try:
+        for name, value in (env(sandbox) if callable(env) else env or {}).items():
+            monkeypatch.setenv(name, value)
+        port = free_port()
+        settings = make_settings(
+            redis_url,
+            ringez_api_url=sandbox.api_url,
+            ringez_api_key="sk_test_agents",
+            worker_metrics_port=port,
+            **settings_overrides,
+        )
+        receiver = TestServer(create_app(settings))
+        await receiver.start_server()
+        try:
+            sandbox.sandbox.config.receiver_url = str(receiver.make_url(PATH))
+            worker = create_worker(settings, handle_signals=False)
+            task = asyncio.create_task(worker.main())
+            try:
+                yield RuntimeStack(settings, sandbox, receiver, port)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await worker.close()
+        finally:
+            await receiver.close()
+    finally:
+        await sandbox.close()

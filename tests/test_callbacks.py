@@ -3,7 +3,6 @@ workers, Redis and the sandbox as Ringez; assertions on what the sandbox receive
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import Counter
@@ -23,9 +22,9 @@ from ringez_worker.api import RingezClient
 from ringez_worker.keys import Keys
 from ringez_worker.sandbox.config import BUSY
 from ringez_worker.worker.receiver import create_app
-from tests.agent_stack import agent_stack
+from tests.agent_stack import agent_stack, runtime_stack
 from tests.callback_chaos import over_capacity
-from tests.conftest import SECRET, make_settings, wait_for
+from tests.conftest import make_settings, wait_for
 from tests.processes import run_cli
 
 pytestmark = pytest.mark.timeout(120)
@@ -477,42 +476,28 @@ async def test_erase_by_phone_and_by_call_removes_a_callback_request_whole(
 async def test_callback_series_reach_the_workers_metrics_endpoint(
     redis_url, redis_client, tmp_path, monkeypatch
 ):
-    import contextlib
-
-    from ringez_worker.sandbox import SandboxConfig, start_sandbox
-    from ringez_worker.sandbox.redis_server import free_port
-    from ringez_worker.worker.app import create_worker
-
-    sandbox = await start_sandbox(
-        SandboxConfig(webhook_secret=SECRET, pacing_seconds=0.02, talk_seconds=0.05)
-    )
-    port = free_port()
     roster_file = tmp_path / "roster.yaml"
     roster_file.write_text("- {id: ana, number: '+14155550900'}\n")
-    env = {
-        "AGENTS_ENABLED": "callbacks",
-        "CALLBACK_SESSION_ID": session(sandbox),
-        "CALLBACK_ROSTER": str(roster_file),
-        "CALLBACK_SWEEP_SECONDS": "0.2",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = make_settings(
+
+    def env(sandbox: Any) -> dict[str, str]:
+        return {
+            "AGENTS_ENABLED": "callbacks",
+            "CALLBACK_SESSION_ID": session(sandbox),
+            "CALLBACK_ROSTER": str(roster_file),
+            "CALLBACK_SWEEP_SECONDS": "0.2",
+        }
+
+    async with runtime_stack(
         redis_url,
-        ringez_api_url=sandbox.api_url,
-        ringez_api_key="sk_test_agents",
-        worker_metrics_port=port,
+        monkeypatch,
+        env=env,
+        sandbox_config={"talk_seconds": 0.05},
         callbacks_token=TOKEN,
-    )
-    receiver = TestServer(create_app(settings))
-    await receiver.start_server()
-    sandbox.sandbox.config.receiver_url = str(receiver.make_url("/webhooks/ringez"))
-    worker = create_worker(settings, handle_signals=False)  # the runtime's own wiring
-    task = asyncio.create_task(worker.main())
-    try:
-        _, answer = await post(str(receiver.make_url("/callbacks")), request(51))
+    ) as stack:
+        url = str(stack.receiver.make_url("/callbacks"))
+        _, answer = await post(url, request(51))
         # One nobody can serve: it waits, and the oldest-wait gauge shows for how long.
-        status, _ = await post(str(receiver.make_url("/callbacks")), request(52, skill="nobody"))
+        status, _ = await post(url, request(52, skill="nobody"))
         assert status == 202
 
         async def done() -> bool:
@@ -520,13 +505,8 @@ async def test_callback_series_reach_the_workers_metrics_endpoint(
 
         await wait_for(done, deadline_s=30, what="the callback done")
 
-        async def scraped() -> str:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    return await response.text()
-
         async def counted() -> bool:
-            text = await scraped()
+            text = await stack.scrape()
             # The load gauge is set by the pass the ended call queues, just after.
             return (
                 'ringez_callbacks_finished_total{state="done"} 1.0' in text
@@ -534,14 +514,7 @@ async def test_callback_series_reach_the_workers_metrics_endpoint(
             )
 
         await wait_for(counted, deadline_s=10, what="the finished counter and a free agent")
-        text = await scraped()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-        await receiver.close()
-        await sandbox.close()
+        text = await stack.scrape()
     assert "ringez_callbacks_assignments_total 1.0" in text
     assert "ringez_callbacks_dials_total 1.0" in text
     assert 'ringez_callbacks_agent_load{agent="ana"} 0.0' in text

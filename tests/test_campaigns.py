@@ -12,7 +12,7 @@ from ringez_worker.agents.campaign import api
 from ringez_worker.agents.campaign.models import CampaignConfig, parse_contacts, parse_dnc
 from ringez_worker.keys import Keys
 from ringez_worker.sandbox import REQUEST_LOG
-from tests.agent_stack import agent_stack
+from tests.agent_stack import agent_stack, runtime_stack
 from tests.campaign_checks import (
     calls_per_attempt,
     calls_per_number,
@@ -291,56 +291,19 @@ async def test_other_agents_leave_campaign_calls_and_sessions_alone(redis_url, r
 async def test_campaign_series_reach_the_workers_metrics_endpoint(
     redis_url, redis_client, monkeypatch
 ):
-    import asyncio
-    import contextlib
-
-    import aiohttp
-    from aiohttp.test_utils import TestServer
-
-    from ringez_worker.sandbox import SandboxConfig, start_sandbox
-    from ringez_worker.sandbox.redis_server import free_port
-    from ringez_worker.worker.app import create_worker
-    from ringez_worker.worker.receiver import create_app
-    from tests.conftest import SECRET, make_settings
-
-    sandbox = await start_sandbox(SandboxConfig(webhook_secret=SECRET, pacing_seconds=0.02))
-    port = free_port()
-    monkeypatch.setenv("AGENTS_ENABLED", "campaigns")
-    settings = make_settings(
-        redis_url,
-        ringez_api_url=sandbox.api_url,
-        ringez_api_key="sk_test_agents",
-        worker_metrics_port=port,
-    )
-    receiver = TestServer(create_app(settings))
-    await receiver.start_server()
-    sandbox.sandbox.config.receiver_url = str(receiver.make_url("/webhooks/ringez"))
-    worker = create_worker(settings, handle_signals=False)  # the runtime's own wiring
-    task = asyncio.create_task(worker.main())
-    try:
+    env = {"AGENTS_ENABLED": "campaigns"}
+    async with runtime_stack(redis_url, monkeypatch, env=env) as stack:
         csv = "id,phone\nm1,+15006660031\nm2,+15006660013\n"
         created = await api.create_campaign(redis_client, KEYS, csv, {**FAST, "retries": 0})
         cid = created.campaign_id
         await api.start(redis_client, KEYS, cid)
         await finished(redis_client, cid)
 
-        async def scraped() -> str:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    return await response.text()
-
         async def counted() -> bool:
-            return f'ringez_campaign_live_calls{{campaign="{cid}"}} 0.0' in await scraped()
+            return f'ringez_campaign_live_calls{{campaign="{cid}"}} 0.0' in await stack.scrape()
 
         await wait_for(counted, deadline_s=10, what="the live gauge back at 0")
-        text = await scraped()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-        await receiver.close()
-        await sandbox.close()
+        text = await stack.scrape()
     label = f'{{campaign="{cid}"}}'
     for series, value in (
         ("ringez_campaign_calls_dialed_total", 2),

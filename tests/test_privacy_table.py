@@ -53,17 +53,23 @@ def test_every_erasable_place_has_a_row_saying_what_it_holds():
         assert place.where.split()[0].split("<")[0] in rows[place.name][1], place.name
 
 
-def test_every_key_family_is_in_the_table():
+def assert_families_in_the_table(keys_class: type, families: dict[str, str | None]) -> None:
+    """Every public member of `keys_class` is named in `families`, and each family is
+    written in the table's `where` column."""
     members = {
         name
-        for name, _ in inspect.getmembers(Keys)
+        for name, _ in inspect.getmembers(keys_class)
         if not name.startswith("_") and name not in ("prefix",)
     }
-    assert members == set(FAMILIES), "a new Keys member: add it to the privacy table"
+    assert members == set(families), f"a new {keys_class.__name__} member: add it to the table"
     where = " ".join(row[1] for row in privacy_table())
-    for name, family in FAMILIES.items():
+    for name, family in families.items():
         if family is not None:
             assert f"`{family}`" in where, name
+
+
+def test_every_key_family_is_in_the_table():
+    assert_families_in_the_table(Keys, FAMILIES)
 
 
 # Each CallbackKeys member's family as the table writes it.
@@ -86,13 +92,4 @@ CALLBACK_FAMILIES = {
 def test_every_callback_key_family_is_in_the_table():
     from ringez_worker.agents.callbacks.store import CallbackKeys
 
-    members = {
-        name
-        for name, _ in inspect.getmembers(CallbackKeys)
-        if not name.startswith("_") and name not in ("prefix",)
-    }
-    assert members == set(CALLBACK_FAMILIES), "a new CallbackKeys member: add it to the table"
-    where = " ".join(row[1] for row in privacy_table())
-    for name, family in CALLBACK_FAMILIES.items():
-        if family is not None:
-            assert f"`{family}`" in where, name
+    assert_families_in_the_table(CallbackKeys, CALLBACK_FAMILIES)

@@ -4,7 +4,6 @@ and the sandbox's poor_quality scenario; assertions on what the sandbox received
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 
@@ -18,11 +17,9 @@ from arq.constants import in_progress_key_prefix, retry_key_prefix
 from ringez_worker.api.ratelimit import RedisRateLimiter
 from ringez_worker.sandbox import SandboxConfig, start_sandbox, start_scenario
 from ringez_worker.sandbox.config import EmitterConfig
-from ringez_worker.sandbox.redis_server import free_port
-from ringez_worker.worker.app import create_worker
 from ringez_worker.worker.cli import post_webhook
 from ringez_worker.worker.receiver import create_app
-from tests.agent_stack import PATH, agent_stack
+from tests.agent_stack import PATH, agent_stack, runtime_stack
 from tests.conftest import SECRET, event_body, make_settings, wait_for
 from tests.processes import Proc
 
@@ -187,39 +184,15 @@ async def test_quality_series_reach_the_workers_metrics_endpoint(
     redis_url, redis_client, monkeypatch
 ):
     # The runtime's own wiring (build_router from settings), not a router built here.
-    for name, value in {"AGENTS_ENABLED": "quality", "QUALITY_POLL_SECONDS": "0.1"}.items():
-        monkeypatch.setenv(name, value)
-    port = free_port()
-    sandbox = await start_sandbox(
-        SandboxConfig(webhook_secret=SECRET, pacing_seconds=0.02, escalation_wait_seconds=10)
-    )
-    receiver = None
-    try:
-        settings = make_settings(
-            redis_url,
-            ringez_api_url=sandbox.api_url,
-            ringez_api_key="sk_test_agents",
-            worker_metrics_port=port,
+    env = {"AGENTS_ENABLED": "quality", "QUALITY_POLL_SECONDS": "0.1"}
+    async with runtime_stack(
+        redis_url, monkeypatch, env=env, sandbox_config={"escalation_wait_seconds": 10}
+    ) as stack:
+        run = start_scenario(
+            stack.sandbox.sandbox, "poor_quality", str(stack.receiver.make_url(PATH))
         )
-        receiver = TestServer(create_app(settings))
-        await receiver.start_server()
-        worker = create_worker(settings, handle_signals=False)
-        task = asyncio.create_task(worker.main())
-        try:
-            run = start_scenario(sandbox.sandbox, "poor_quality", str(receiver.make_url(PATH)))
-            await asyncio.wait_for(run.task, 60)
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    text = await response.text()
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await worker.close()
-    finally:
-        if receiver is not None:
-            await receiver.close()
-        await sandbox.close()
+        await asyncio.wait_for(run.task, 60)
+        text = await stack.scrape()
     assert 'ringez_quality_breaches_total{level="warning"} 1.0' in text, text
     assert 'ringez_quality_breaches_total{level="critical"} 1.0' in text
     mos_count = [ln for ln in text.splitlines() if ln.startswith("ringez_quality_mos_count")]
