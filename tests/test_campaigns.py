@@ -3,13 +3,16 @@ as Ringez; assertions on what the sandbox created and received."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 from ringez_worker.agents.campaign import api
+from ringez_worker.agents.campaign.agent import STALE_OPEN_MS, schedule_pass
 from ringez_worker.agents.campaign.models import CampaignConfig, parse_contacts, parse_dnc
+from ringez_worker.agents.campaign.store import CampaignKeys
 from ringez_worker.keys import Keys
 from ringez_worker.sandbox import REQUEST_LOG
 from tests.agent_stack import agent_stack, runtime_stack
@@ -523,3 +526,22 @@ async def test_a_campaign_that_fills_the_budget_leaves_an_escalation_its_transfe
         # And the campaign is held back meanwhile, not refused: it waits for room.
         assert await limiter.try_acquire(Priority.DIAL) > 0
         await api.cancel(redis_client, KEYS, created.campaign_id)
+
+
+async def test_a_session_opening_left_by_a_killed_worker_is_taken_over(redis_url, redis_client):
+    # CI, stop 26: a worker SIGKILLed while opening the campaign's session left it
+    # `opening`; the retried pass saw the claim fresh and returned, no sweep runs before
+    # `running`, and all 40 contacts stayed pending. Here the dead worker's claim is 1 s
+    # from stale: the pass must come back then and dial.
+    async with agent_stack(redis_url, agent_config=agents()) as stack:
+        created = await api.create_campaign(redis_client, KEYS, "id,phone\no1,+15006660031\n", FAST)
+        cid = created.campaign_id
+        dead_claim_ms = int(time.time() * 1000) - STALE_OPEN_MS + 1000
+        await redis_client.hset(
+            CampaignKeys(KEYS.prefix).campaign(cid),
+            mapping={"state": "opening", "opening_ms": dead_claim_ms},
+        )
+        await schedule_pass(redis_client, KEYS, cid)  # the killed pass's retry
+        status = await finished(redis_client, cid, deadline_s=20)
+        assert status["counts"] == {"done": 1}
+        assert len(stack.requests("/sessions/create")) == 1

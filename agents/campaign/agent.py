@@ -197,8 +197,15 @@ class CampaignAgent:
         self, ctx: Context, store: CampaignStore, cid: str, config: CampaignConfig
     ) -> bool:
         """The campaign's session, created once, its max_spend_limit the budget."""
-        if not await store.claim_open(cid, _ms(), STALE_OPEN_MS):
-            return False  # another worker is opening it
+        held = await store.claim_open(cid, _ms(), STALE_OPEN_MS)
+        if held > 0:
+            # Another worker is opening it. If that worker was killed mid-open, nothing
+            # else would ever pass this campaign again (no sweep runs before `running`):
+            # CI saw 40 of 40 contacts left pending so. Come back when its claim is stale.
+            await schedule_pass(ctx.redis, self._keys(ctx), cid, held / 1000)
+            return False
+        if held < 0:
+            return False
         try:
             session = await ctx.ringez.with_priority(Priority.DIAL).sessions.create(
                 session_type="authenticated",

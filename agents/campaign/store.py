@@ -131,12 +131,15 @@ return 1
 _OPEN = LuaScript(
     """
 local st = redis.call('HMGET', KEYS[1], 'state', 'opening_ms')
-if st[1] == 'starting' or (st[1] == 'opening'
-    and tonumber(st[2] or '0') < tonumber(ARGV[1]) - tonumber(ARGV[2])) then
+local stale_at = tonumber(st[2] or '0') + tonumber(ARGV[2])
+if st[1] == 'starting' or (st[1] == 'opening' and stale_at < tonumber(ARGV[1])) then
   redis.call('HSET', KEYS[1], 'state', 'opening', 'opening_ms', ARGV[1])
-  return 1
+  return 0
 end
-return 0
+if st[1] == 'opening' then
+  return stale_at - tonumber(ARGV[1]) + 1
+end
+return -1
 """
 )
 
@@ -436,8 +439,10 @@ class CampaignStore:
         args: list[Arg] = [",".join(frm), to, reason, now_ms]
         return _text(await _MOVE(self.redis, [self.keys.campaign(cid)], args))
 
-    async def claim_open(self, cid: str, now_ms: int, stale_ms: int) -> bool:
-        return bool(await _OPEN(self.redis, [self.keys.campaign(cid)], [now_ms, stale_ms]))
+    async def claim_open(self, cid: str, now_ms: int, stale_ms: int) -> int:
+        """0: this worker opens the session now. > 0: another worker holds the opening,
+        ms until its claim goes stale. < 0: nothing to open (the state moved on)."""
+        return int(await _OPEN(self.redis, [self.keys.campaign(cid)], [now_ms, stale_ms]))
 
     async def opened(self, cid: str, session_id: str, now_ms: int) -> bool:
         keys = [self.keys.campaign(cid), self.keys.sessions]
