@@ -413,6 +413,11 @@ def run_one(
         "api_requests_per_event": round(requests / events, 3),
         "api_requests": dict(sorted(summary["requests"].items(), key=lambda kv: -kv[1])),
         "redis_commands_per_event": round(worker_calls / events, 2),
+        "redis_commands": {
+            k: round(v / events, 2)
+            for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:10]
+            if k.split("|")[0] not in ("info", "config")
+        },
         "missed": sorted(
             f"{c['call_id']}:{c['kind']}:{transfers.get(c['call_id'], 0)}"
             for c in spec["calls"]
@@ -508,7 +513,8 @@ def main() -> None:
             row = run_one(ENGINES[name], spec, plan_path, log_dir, args.api_latency_ms)
             row["round"] = round_no + 1
             results.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "api_requests"}), flush=True)
+            brief = {k: v for k, v in row.items() if k not in ("api_requests", "redis_commands")}
+            print(json.dumps(brief), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print()
@@ -516,6 +522,7 @@ def main() -> None:
     for name in names:
         row = next(r for r in results if r["engine"] == name)
         print(f"{name} API requests (round {row['round']}):", row["api_requests"])
+        print(f"{name} Redis commands per event (round {row['round']}):", row["redis_commands"])
     print("finished", datetime.now(UTC).isoformat(timespec="seconds"))
     if not all(ok(r) for r in results):
         raise SystemExit("a correctness check failed")
