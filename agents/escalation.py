@@ -196,9 +196,12 @@ class EscalationAgent:
             target = await self._route(event, api)
             note = f"Escalated by ringez-agent-worker: {reason}"
             if not await _MOVE(ctx.redis, [keys.escalation], [attempt, "claimed", "sending"]):
-                # A retry of this handler took the claim over (we were presumed dead); it
-                # decides, and if it fails its own retry must still run this handler.
-                raise Superseded(f"the escalation claim on {call_id} was taken over")
+                # A retry of this handler took the claim over (we were presumed dead; it
+                # decides, and if it fails its own retry must still run this handler), or
+                # the call ended and its end marked the claim skipped.
+                raise Superseded(
+                    f"the escalation claim on {call_id} was taken over or the call ended"
+                )
             sent = True
             # One HTTP attempt while `sending`: a refused one (503/429, no connection) frees
             # the claim and the job's own retry tries again, so the window in which a kill
