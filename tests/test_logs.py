@@ -9,7 +9,7 @@ import orjson
 import pytest
 import structlog
 
-from ringez_worker.logs import REDACTED, configure_logging, get_logger
+from ringez_worker.logs import REDACTED, HotLine, configure_logging, get_logger
 from tests.conftest import wait_for
 
 SECRET = "whsec_log_test_0123456789"
@@ -67,3 +67,39 @@ def test_phone_numbers_are_masked_unless_asked_for(restore_logging, keep):
         assert ours["to"] == "+***0100"
         assert ours["nested"] == {"numbers": ["tel:+***8750"]}
         assert "+***0100" in lines[1]
+
+
+HOT_CASES = {
+    "plain": {"delivery_id": "d" * 64, "event_type": "call.completed", "call_id": "call_1"},
+    "a phone number": {"call_id": "call_1", "to": "tel:+14155550100"},
+    "a secret in a value": {"note": f"key={SECRET} was sent", "n": 3},
+    "a sensitive key": {"delivery_id": "d1", "api_key": "rk_live_1"},
+    "nested values": {"call_id": None, "body": {"to": ["+14155550100", SECRET]}, "x": 1.5},
+}
+
+
+@pytest.mark.parametrize("keep_phones", [False, True])
+@pytest.mark.parametrize("case", list(HOT_CASES))
+def test_a_hot_line_writes_what_the_chain_writes(restore_logging, case, keep_phones):
+    stream = io.StringIO()
+    configure_logging("INFO", "json", secrets=[SECRET], stream=stream, phone_numbers=keep_phones)
+    log = get_logger("ringez.receiver").bind(worker="w1")
+    fields = HOT_CASES[case]
+    log.info("webhook.accepted", **fields)
+    HotLine(log, "webhook.accepted")(**fields)
+    chain, hot = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert chain.pop("timestamp")[:10] == hot.pop("timestamp")[:10]
+    assert list(hot.items()) == list(chain.items())  # the same keys, in the same order
+    assert SECRET not in stream.getvalue()
+    assert ("+14155550100" in stream.getvalue()) == (keep_phones and "+1415" in str(fields))
+
+
+def test_a_hot_line_keeps_the_level_and_the_console_format(restore_logging):
+    stream = io.StringIO()
+    configure_logging("WARNING", "json", stream=stream)
+    HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted")(call_id="c1")
+    assert stream.getvalue() == ""
+    configure_logging("INFO", "console", stream=stream)
+    HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted")(call_id="c1")
+    text = stream.getvalue()
+    assert "webhook.accepted" in text and "call_id" in text and not text.startswith("{")

@@ -14,7 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from ringez_worker.handlers.events import EVENT_NAMES
 from ringez_worker.keys import Keys
-from ringez_worker.logs import get_logger
+from ringez_worker.logs import HotLine, get_logger
 from ringez_worker.redis_conn import redis_from_settings
 from ringez_worker.settings import Settings
 from ringez_worker.tracing import TRACING
@@ -32,6 +32,8 @@ LOG = web.AppKey("log", FilteringBoundLogger)
 LIMITS = web.AppKey("limits", sansio.Limits)
 SECRETS = web.AppKey("secrets", tuple[bytes, ...])
 REJECTS = web.AppKey("rejects", RejectCounter)
+ACCEPTED = web.AppKey("accepted_line", HotLine)
+DUPLICATE = web.AppKey("duplicate_line", HotLine)
 
 
 def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -151,10 +153,10 @@ async def _receive(request: web.Request) -> web.Response:
     data = env.payload["data"]
     fields = {"delivery_id": delivery_id, "event_type": env.event, "call_id": data.get("call_id")}
     if not new:
-        request.app[LOG].info("webhook.duplicate", **fields)
+        request.app[DUPLICATE](**fields)
         metrics.duplicates.inc()
         return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
-    request.app[LOG].info("webhook.accepted", **fields)
+    request.app[ACCEPTED](**fields)
     # Senders choose event names: unknown ones share a label so label values stay bounded.
     metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
     return _json(202, {"received": True, "id": delivery_id})
@@ -185,6 +187,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # Bound once, with the logging configured now: a lazy proxy would rebuild the logger
     # on every call, and this one logs every webhook.
     app[LOG] = get_logger("ringez.receiver").bind()
+    # The two lines written per webhook, rendered without the processor chain.
+    app[ACCEPTED] = HotLine(app[LOG], "webhook.accepted")
+    app[DUPLICATE] = HotLine(app[LOG], "webhook.duplicate")
     app.router.add_post(settings.webhook_path, receive_webhook)
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     add_health_routes(app, lambda: app[REDIS], keys, app[METRICS].registry)
