@@ -22,6 +22,18 @@ def parse_timestamp(value: object) -> datetime:
     match = _RFC3339.fullmatch(value)
     if match is None:
         raise ValueError("timestamp must be an RFC 3339 date-time such as 2026-12-02T02:59:09Z")
+    if value[-1] == "Z":
+        # What senders send, read by C: 0.7 against 1.6 us a call, and the receiver parses
+        # every webhook's. Only for "Z": fromisoformat also takes offsets the pattern's
+        # reading refuses (+05:60 as +06:00). Both refuse the same impossible dates.
+        try:
+            return _in_range(datetime.fromisoformat(value))
+        except ValueError:
+            pass  # the reading below says which part is wrong
+    return _read(match)
+
+
+def _read(match: re.Match[str]) -> datetime:
     year, month, day, hour, minute, second, frac, _z, sign, off_h, off_m = match.groups()
     tz: timezone = UTC
     if sign is not None:
@@ -35,6 +47,10 @@ def parse_timestamp(value: object) -> datetime:
     parsed = datetime(
         int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz
     )
+    return _in_range(parsed)
+
+
+def _in_range(parsed: datetime) -> datetime:
     try:
         # An offset that takes it out of datetime's range is refused here, not later in
         # arithmetic (as an OverflowError nobody catches).
