@@ -241,7 +241,9 @@ class HotLine:
     fields through the same phone masking and redaction when a value or key could need
     them (one scan of the values' joined text decides). Where it could not write the same
     text (console format, tracing on: trace ids; a level turned off) it hands the line to
-    the bound logger or drops it, as the chain would. Fields must not repeat a bound key.
+    the bound logger or drops it, as the chain would. It reads the logging set-up when it
+    is made (build it after `configure_logging`, as the app factory does); fields must not
+    repeat a bound key, and context variables bound later are not merged.
     """
 
     def __init__(self, logger: Any, event: str, level: str = "info") -> None:
@@ -256,7 +258,8 @@ class HotLine:
             self._json = None
         inner = getattr(logger, "_logger", None)
         self._name = getattr(inner, "name", None)
-        self._context = dict(structlog.get_context(logger))
+        # A bound logger's context; a lazy proxy (not bound yet) has none to read.
+        self._context = dict(getattr(logger, "_context", None) or {})
         self._safe_keys: set[str] = set()
         if self._name is None or structlog.contextvars.get_contextvars():
             self._json = None

@@ -103,3 +103,11 @@ def test_a_hot_line_keeps_the_level_and_the_console_format(restore_logging):
     HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted")(call_id="c1")
     text = stream.getvalue()
     assert "webhook.accepted" in text and "call_id" in text and not text.startswith("{")
+
+
+def test_a_hot_line_on_an_unbound_logger_writes_its_line(restore_logging):
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream=stream)
+    HotLine(get_logger("ringez.receiver"), "webhook.accepted")(call_id="c1")
+    line = orjson.loads(stream.getvalue())
+    assert line["event"] == "webhook.accepted" and line["logger"] == "ringez.receiver"
