@@ -230,6 +230,11 @@ class _JsonLines(structlog.processors.JSONRenderer):
         self.traced = traced
 
 
+# The level names the chain writes as themselves (add_log_level renames aliases such as
+# "warn" and "exception").
+_LINE_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 class HotLine:
     """One log line written per webhook, as the JSON chain would write it, at a fraction
     of its cost: `line(delivery_id=..., call_id=...)`.
@@ -247,6 +252,8 @@ class HotLine:
     """
 
     def __init__(self, logger: Any, event: str, level: str = "info") -> None:
+        if level not in _LINE_LEVELS:
+            raise ValueError(f"a hot line's level is one of {', '.join(_LINE_LEVELS)}")
         self._logger = logger
         self._event = event
         self._level = level
@@ -268,7 +275,8 @@ class HotLine:
         if not self._on:
             return
         out = self._json
-        if out is None:
+        if out is None or "exc_info" in fields or "stack_info" in fields:
+            # The chain formats (and redacts) a traceback; this writes no tracebacks.
             getattr(self._logger, self._level)(self._event, **fields)
             return
         line = {**self._context, **fields} if self._context else fields

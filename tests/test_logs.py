@@ -111,3 +111,18 @@ def test_a_hot_line_on_an_unbound_logger_writes_its_line(restore_logging):
     HotLine(get_logger("ringez.receiver"), "webhook.accepted")(call_id="c1")
     line = orjson.loads(stream.getvalue())
     assert line["event"] == "webhook.accepted" and line["logger"] == "ringez.receiver"
+
+
+def test_a_hot_line_with_a_traceback_takes_the_chain(restore_logging):
+    stream = io.StringIO()
+    configure_logging("INFO", "json", secrets=[SECRET], stream=stream)
+    line = HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted")
+    try:
+        raise RuntimeError(f"bad key {SECRET}")
+    except RuntimeError as exc:
+        line(exc_info=exc)
+    written = orjson.loads(stream.getvalue())
+    assert "exc_info" not in written and "RuntimeError: bad key" in written["exception"]
+    assert SECRET not in stream.getvalue()
+    with pytest.raises(ValueError):
+        HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted", "warn")
