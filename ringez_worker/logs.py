@@ -43,10 +43,22 @@ class Redactor:
         if isinstance(value, str):
             return self._scrub_str(value)
         if isinstance(value, dict):
-            return {k: self._scrub(v) for k, v in value.items()}
+            return {
+                k: REDACTED if isinstance(k, str) and _is_sensitive(k) else self._scrub(v)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return type(value)(self._scrub(v) for v in value)
-        return value
+        if isinstance(value, bytes | bytearray):
+            return self._scrub_str(value.decode(errors="replace"))
+        if isinstance(value, set | frozenset):
+            return [self._scrub(v) for v in value]
+        if value is None or isinstance(value, int | float):
+            return value
+        # Anything else is rendered by orjson (dataclasses, enums) or as str(): a review
+        # found a secret inside one written out as it was. Its text decides.
+        text = str(value)
+        return self._scrub_str(text) if self.finds(text) else value
 
     def finds(self, text: str) -> bool:
         """Whether any secret occurs in `text`."""

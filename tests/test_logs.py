@@ -126,3 +126,30 @@ def test_a_hot_line_with_a_traceback_takes_the_chain(restore_logging):
     assert SECRET not in stream.getvalue()
     with pytest.raises(ValueError):
         HotLine(get_logger("ringez.receiver").bind(), "webhook.accepted", "warn")
+
+
+class _Holder:
+    def __str__(self) -> str:
+        return f"holder of {SECRET}"
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_secrets_inside_any_value_are_redacted(restore_logging, hot):
+    stream = io.StringIO()
+    configure_logging("INFO", "json", secrets=[SECRET], stream=stream)
+    log = get_logger("ringez.test").bind()
+    fields = {
+        "nested": {"password": "p4ss-word", "ok": 1},
+        "raw": SECRET.encode(),
+        "some": {SECRET},
+        "obj": _Holder(),
+    }
+    if hot:
+        HotLine(log, "ev")(**fields)
+    else:
+        log.info("ev", **fields)
+    text = stream.getvalue()
+    assert SECRET not in text and "p4ss-word" not in text
+    line = orjson.loads(text)
+    assert line["nested"] == {"password": REDACTED, "ok": 1}
+    assert line["raw"] == REDACTED and line["some"] == [REDACTED]
