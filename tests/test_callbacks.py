@@ -243,6 +243,64 @@ async def test_a_dial_a_killed_worker_left_is_dialed_again_with_nothing_else_wai
         assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
 
 
+async def test_a_resent_dial_whose_call_was_answered_meanwhile_is_transferred(
+    redis_url, redis_client, tmp_path
+):
+    # CI, callback chaos: one request stayed `calling` for good, answered and never
+    # transferred. Its worker was SIGKILLed after the dial went out and before its answer
+    # was written down; the call.answered found no request and gave up after two tries;
+    # the pass that resent the dial got the same call back (the API's dedupe) and waited
+    # for an answer that had already come. Played by hand: the dial sent, the answer heard
+    # and dropped while the claim is still fresh, then the claim made stale.
+    config = agents_config(callback_dial_stale_seconds=60.0)
+    async with agent_stack(
+        redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
+    ) as stack:
+        await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
+        store = CallbackStore(redis_client)
+        body = CallbackRequest(customer_id="c", phone="+14155550079").model_dump_json().encode()
+        now = int(time.time() * 1000)
+        await store.add("cb_heard", body, "general", "en", None, now)
+        await store.queue("cb_heard", 0, now, now)
+        assert await store.assign(now) == ("cb_heard", "ana", 1)
+        assert await store.claim_dial("cb_heard", 1, now) == 1
+        hand = RingezClient(stack.sandbox.api_url, "sk_test_agents", "hand")
+        try:
+            left = await hand.calls.initiate(
+                session_id=stack.config.callback_session_id,
+                to_number="+14155550079",
+                from_number="+14155550900",
+                idempotency_key="callback:cb_heard:1",
+            )
+        finally:
+            await hand.aclose()
+
+        async def answered_and_dropped() -> bool:
+            # The call.answered handler ran to its end (its completion record), having
+            # found no request for the call (the dial was never written down).
+            async for key in redis_client.scan_iter("rz:done:*"):
+                fields = await redis_client.hkeys(key)
+                if any(f.startswith(b"agents.callbacks.answered") for f in fields):
+                    return True
+            return False
+
+        await wait_for(answered_and_dropped, deadline_s=30, what="the answer heard, unmapped")
+        assert (await states(redis_client, ["cb_heard"]))["dialing"] == 1
+        # A minute on: the claim is stale, and the sweeping pass resends the dial.
+        await redis_client.zadd(store.keys.assigned, {"cb_heard": now - 61_000})
+
+        async def done() -> bool:
+            return (await states(redis_client, ["cb_heard"]))["done"] == 1
+
+        await wait_for(done, deadline_s=30, what="the answered call transferred and done")
+        record = await redis_client.hgetall("rz:callback:cb_heard")
+        assert record[b"call_id"].decode() == left.call_id and record[b"tries"] == b"1"
+        assert [t["json"]["parameters"]["transfer_to"] for t in stack.transfers(left.call_id)] == [
+            "+14155550900"
+        ]
+        assert int(await redis_client.hget("rz:callbacks:load", "ana")) == 0
+
+
 async def test_a_dial_left_past_the_apis_dedupe_window_is_found_not_placed_again(
     redis_url, redis_client, tmp_path
 ):

@@ -215,9 +215,19 @@ class CallbackAgent:
                 raise  # the pass is retried; its dial resends the same key
             await self._end_dial(ctx, store, rid, f"dial refused: {type(exc).__name__}")
             return
-        await store.dialed(rid, n, call.call_id, _ms(), CALL_MAP_TTL_SECONDS)
         if self.metrics is not None:
             self.metrics.dials.inc()
+        if claim == 2:
+            # A resend of a dial a killed worker left: the API's dedupe answers with the call
+            # the first send placed, which may be answered already (its call.answered found
+            # no request to move and gave up after two tries) or over. The CI chaos run left
+            # one so, answered and never transferred, its agent's slot taken for good.
+            current = await ctx.ringez.with_priority(Priority.LIVE).calls.get(call.call_id)
+            await self._adopt(
+                ctx, store, rid, n, {"call_id": call.call_id, "status": current.status}
+            )
+            return
+        await store.dialed(rid, n, call.call_id, _ms(), CALL_MAP_TTL_SECONDS)
         ctx.log.info("callbacks.dialed", request_id=rid, call_id=call.call_id, attempt=n)
 
     async def _left_call(
