@@ -213,6 +213,18 @@ async def test_failed_calls_retry_then_fail_and_an_unservable_request_blocks_nob
         assert await redis_client.hget(f"rz:callback:{french['request_id']}", "state") == b"queued"
 
 
+async def left_dial(redis_client, rid: str, phone: str, at_ms: int) -> CallbackStore:
+    """A request assigned to ana and its dial claimed at `at_ms`, as a worker leaves it
+    when it dies right after the claim (ana must be in the roster)."""
+    store = CallbackStore(redis_client)
+    body = CallbackRequest(customer_id="c", phone=phone).model_dump_json().encode()
+    assert (await store.add(rid, body, "general", "en", None, at_ms))[1] == "new"
+    assert await store.queue(rid, 0, at_ms, at_ms)
+    assert await store.assign(at_ms) == (rid, "ana", 1)
+    assert await store.claim_dial(rid, 1, at_ms) == 1
+    return store
+
+
 async def test_a_dial_a_killed_worker_left_is_dialed_again_with_nothing_else_waiting(
     redis_url, redis_client, tmp_path
 ):
@@ -225,13 +237,7 @@ async def test_a_dial_a_killed_worker_left_is_dialed_again_with_nothing_else_wai
         redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
     ) as stack:
         await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
-        store = CallbackStore(redis_client)
-        body = CallbackRequest(customer_id="c", phone="+14155550077").model_dump_json().encode()
-        now = int(time.time() * 1000)
-        assert (await store.add("cb_left", body, "general", "en", None, now))[1] == "new"
-        assert await store.queue("cb_left", 0, now, now)
-        assert await store.assign(now) == ("cb_left", "ana", 1)
-        assert await store.claim_dial("cb_left", 1, now) == 1  # ... and then the worker died
+        await left_dial(redis_client, "cb_left", "+14155550077", int(time.time() * 1000))
         await schedule_pass(redis_client, Keys())  # the one pass that runs next
 
         async def done() -> bool:
@@ -257,13 +263,8 @@ async def test_a_resent_dial_whose_call_was_answered_meanwhile_is_transferred(
         redis_url, agent_config=config, callbacks_token=TOKEN, sandbox_config={"talk_seconds": 0.05}
     ) as stack:
         await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
-        store = CallbackStore(redis_client)
-        body = CallbackRequest(customer_id="c", phone="+14155550079").model_dump_json().encode()
         now = int(time.time() * 1000)
-        await store.add("cb_heard", body, "general", "en", None, now)
-        await store.queue("cb_heard", 0, now, now)
-        assert await store.assign(now) == ("cb_heard", "ana", 1)
-        assert await store.claim_dial("cb_heard", 1, now) == 1
+        store = await left_dial(redis_client, "cb_heard", "+14155550079", now)
         hand = RingezClient(stack.sandbox.api_url, "sk_test_agents", "hand")
         try:
             left = await hand.calls.initiate(
@@ -316,13 +317,8 @@ async def test_a_dial_left_past_the_apis_dedupe_window_is_found_not_placed_again
         sandbox_config={"talk_seconds": 5, "idempotency_window_seconds": 0},
     ) as stack:
         await roster(redis_client, tmp_path, "- {id: ana, number: '+14155550900'}\n")
-        store = CallbackStore(redis_client)
-        body = CallbackRequest(customer_id="c", phone="+14155550078").model_dump_json().encode()
         long_ago = int(time.time() * 1000) - 10 * 60 * 1000
-        await store.add("cb_old", body, "general", "en", None, long_ago)
-        await store.queue("cb_old", 0, long_ago, long_ago)
-        assert await store.assign(long_ago) == ("cb_old", "ana", 1)
-        assert await store.claim_dial("cb_old", 1, long_ago) == 1
+        await left_dial(redis_client, "cb_old", "+14155550078", long_ago)
         # The dial that went out before the worker died (its answer never written down).
         hand = RingezClient(stack.sandbox.api_url, "sk_test_agents", "hand")
         try:
