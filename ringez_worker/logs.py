@@ -271,17 +271,19 @@ class HotLine:
         self._level = level
         enabled = getattr(logger, "is_enabled_for", None)  # a filtering bound logger's
         self._on = enabled is None or bool(enabled(logging.getLevelNamesMapping()[level.upper()]))
-        renderer = structlog.get_config()["processors"][-1]
-        self._json = renderer if isinstance(renderer, _JsonLines) and not renderer.traced else None
-        if enabled is None:
-            self._json = None
-        inner = getattr(logger, "_logger", None)
-        self._name = getattr(inner, "name", None)
+        self._name = getattr(getattr(logger, "_logger", None), "name", None)
         # A bound logger's context; a lazy proxy (not bound yet) has none to read.
         self._context = dict(getattr(logger, "_context", None) or {})
         self._safe_keys: set[str] = set()
-        if self._name is None or structlog.contextvars.get_contextvars():
-            self._json = None
+        renderer = structlog.get_config()["processors"][-1]
+        same_text = (
+            isinstance(renderer, _JsonLines)
+            and not renderer.traced
+            and enabled is not None
+            and self._name is not None
+            and not structlog.contextvars.get_contextvars()
+        )
+        self._json = renderer if same_text else None
 
     def __call__(self, **fields: Any) -> None:
         if not self._on:

@@ -27,8 +27,9 @@ def parse_timestamp(value: object) -> datetime:
         # every webhook's. Only for "Z": fromisoformat also takes offsets the pattern's
         # reading refuses (+05:60 as +06:00). Both refuse the same impossible dates;
         # hour 24 stays off it, as newer Pythons read T24:00:00 as the next midnight.
+        # (No range check: a UTC time cannot leave datetime's range by its offset.)
         try:
-            return _in_range(datetime.fromisoformat(value))
+            return datetime.fromisoformat(value)
         except ValueError:
             pass  # the reading below says which part is wrong
     return _read(match)
