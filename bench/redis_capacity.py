@@ -70,9 +70,9 @@ from ringez_worker.sandbox.redis_server import RedisServer, free_port  # noqa: E
 from ringez_worker.worker.queue import _ENQUEUE  # noqa: E402
 
 LUA = ROOT / "bench" / "wrk_signed.lua"
-# Production's AOF settings (RedisServer: appendonly yes, appendfsync everysec), with no
-# automatic rewrite during a run (see the module docstring).
-# everysec, as docs/scaling.md measured it (RedisServer's AOF default is `always`).
+# AOF as docs/scaling.md measured it (appendonly yes, appendfsync everysec; deploy/ now
+# ships `always`, and so does RedisServer with AOF), with no automatic rewrite during a run
+# (see the module docstring).
 REDIS_ARGS = ("--auto-aof-rewrite-percentage", "0", "--appendfsync", "everysec")
 DEDUPE_TTL_MS = (72 * 3600 + 300) * 1000  # DEDUPE_WINDOW_SECONDS + CLOCK_SKEW_SECONDS
 JOB_TTL_MS = 7 * 24 * 3600 * 1000
