@@ -148,6 +148,14 @@ class EventQueue:
             return await self._enqueue_traced(delivery_id, body, now, stamp)
         return await self._submit(self._item(delivery_id, body, now, stamp), None)
 
+    def submit(
+        self, delivery_id: str, body: bytes, received_ms: int, event_ms: int
+    ) -> asyncio.Future[bool]:
+        """`enqueue` without the coroutine, for a caller that adds a done callback instead
+        of awaiting (the socket lane: no task per request). Tracing off only: a traced
+        enqueue needs its producer span around the await (`enqueue`)."""
+        return self._submit(self._item(delivery_id, body, received_ms, event_ms), None)
+
     def _item(
         self,
         delivery_id: str,

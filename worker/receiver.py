@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -30,44 +31,134 @@ QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
 LIMITS = web.AppKey("limits", sansio.Limits)
-SECRETS = web.AppKey("secrets", tuple[bytes, ...])
 REJECTS = web.AppKey("rejects", RejectCounter)
-ACCEPTED = web.AppKey("accepted_line", HotLine)
-DUPLICATE = web.AppKey("duplicate_line", HotLine)
+INTAKE = web.AppKey("intake", "Intake")
 
 
-def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a webhook request is answered: status, JSON body and any extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def error_answer(status: int, code: str, message: str, *headers: tuple[str, str]) -> Answer:
+    return Answer(status, orjson.dumps({"error": code, "message": message}), headers)
+
+
+class Intake:
+    """Everything one webhook goes through between its bytes and its answer, shared by the
+    two ways in (the aiohttp handler below and the socket lane, `webhook_protocol.py`):
+    the checks (`sansio`), the durable enqueue, the answer, its log line and metrics.
+
+    Each way in does only its own I/O: read the headers and body, await or call back on
+    `submit`'s future, write `answer`'s answer."""
+
+    def __init__(self, settings: Settings, metrics: ReceiverMetrics, rejects: RejectCounter):
+        self.limits = sansio.Limits(
+            max_body_bytes=settings.max_body_bytes,
+            window_seconds=settings.dedupe_window_seconds,
+            skew_seconds=settings.clock_skew_seconds,
+        )
+        # Split from the setting once, not on every request.
+        self.secrets = tuple(settings.webhook_secrets)
+        self.metrics = metrics
+        self.rejects = rejects
+        self.retry_after = str(settings.retry_after_seconds)
+        # Bound once, with the logging configured now: a lazy proxy would rebuild the
+        # logger on every call, and this one logs every webhook.
+        self.log: FilteringBoundLogger = get_logger("ringez.receiver").bind()
+        # The two lines written per webhook, rendered without the processor chain.
+        self._accepted = HotLine(self.log, "webhook.accepted")
+        self._duplicate = HotLine(self.log, "webhook.duplicate")
+        self.queue: EventQueue | None = None  # set once Redis is connected
+
+    def reject(self, exc: sansio.Rejected) -> Answer:
+        """Log, count and answer a refused request."""
+        if exc.delivery_id is None:
+            self.log.info("webhook.rejected", status=exc.status, reason=exc.code)
+        else:
+            self.log.info(
+                "webhook.rejected", status=exc.status, reason=exc.code, delivery_id=exc.delivery_id
+            )
+        self.metrics.rejected.labels(exc.code).inc()
+        self.rejects.add(exc.code)  # the console's fleet-wide per-minute count
+        return error_answer(exc.status, exc.code, exc.message)
+
+    def check(self, sent: str, body: bytes) -> sansio.Delivery:
+        """`sansio.check_body` with this receiver's secrets, limits and clock (raises Rejected)."""
+        return sansio.check_body(sent, body, self.secrets, datetime.now(UTC), self.limits)
+
+    def submit(self, delivery: sansio.Delivery, body: bytes) -> asyncio.Future[bool]:
+        """Hand the delivery to the group commit; the future says new (True) or duplicate."""
+        assert self.queue is not None, "the receiver is not connected to Redis yet"
+        received_ms = int(time.time() * 1000)
+        event_ms = int(delivery.envelope.timestamp.timestamp() * 1000)
+        if TRACING.on:
+            return asyncio.ensure_future(
+                self.queue.enqueue(delivery.id, body, received_ms=received_ms, event_ms=event_ms)
+            )
+        return self.queue.submit(delivery.id, body, received_ms, event_ms)
+
+    def answer(
+        self, delivery: sansio.Delivery, done: asyncio.Future[bool], started: float
+    ) -> Answer:
+        """The answer once `submit`'s future is done: 202 new, 200 duplicate, 503 when Redis
+        could not confirm the write (the sender retries; nothing was acknowledged)."""
+        exc = done.exception()
+        if exc is not None:
+            if not isinstance(exc, RedisError | OSError):
+                raise exc
+            self.metrics.rejected.labels("queue_unavailable").inc()
+            self.log.warning(
+                "webhook.redis_unavailable", delivery_id=delivery.id, error=type(exc).__name__
+            )
+            return error_answer(
+                503,
+                "queue_unavailable",
+                "the event queue is unavailable; retry later",
+                ("Retry-After", self.retry_after),
+            )
+        self.metrics.enqueue_seconds.observe(time.perf_counter() - started)
+        env = delivery.envelope
+        delivery_id = delivery.id
+        call_id = env.payload["data"].get("call_id")
+        if not done.result():
+            self._duplicate(delivery_id=delivery_id, event_type=env.event, call_id=call_id)
+            self.metrics.duplicates.inc()
+            return Answer(
+                200, b'{"received":true,"duplicate":true,"id":"%s"}' % delivery_id.encode()
+            )
+        self._accepted(delivery_id=delivery_id, event_type=env.event, call_id=call_id)
+        # Senders choose event names: unknown ones share a label so label values stay bounded.
+        self.metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
+        return Answer(202, b'{"received":true,"id":"%s"}' % delivery_id.encode())
+
+
+def _response(answer: Answer) -> web.Response:
     return web.Response(
-        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+        status=answer.status,
+        body=answer.body,
+        content_type="application/json",
+        headers=dict(answer.headers) if answer.headers else None,
     )
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return _json(status, {"error": code, "message": message}, headers or None)
-
-
-def _reject(
-    request: web.Request, status: int, code: str, message: str, **fields: object
-) -> web.Response:
-    request.app[LOG].info("webhook.rejected", status=status, reason=code, **fields)
-    request.app[METRICS].rejected.labels(code).inc()
-    request.app[REJECTS].add(code)  # the console's fleet-wide per-minute count
-    return _error(status, code, message)
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
     """POST handler: verify, check, durably enqueue, then answer."""
-    metrics = request.app[METRICS]
-    metrics.in_flight += 1
+    intake = request.app[INTAKE]
+    intake.metrics.in_flight += 1
     try:
         if TRACING.on:
-            return await _receive_traced(request)
-        return await _receive(request)
+            return await _receive_traced(request, intake)
+        return await _receive(request, intake)
     finally:
-        metrics.in_flight -= 1
+        intake.metrics.in_flight -= 1
 
 
-async def _receive_traced(request: web.Request) -> web.Response:
+async def _receive_traced(request: web.Request, intake: Intake) -> web.Response:
     from ringez_worker import tracing_otel
 
     settings = request.app[SETTINGS]
@@ -80,7 +171,7 @@ async def _receive_traced(request: web.Request) -> web.Response:
         settings.tracing_trust_traceparent,
     )
     try:
-        response = await _receive(request)
+        response = await _receive(request, intake)
         tracing_otel.server_status(span, response.status)
         return response
     except BaseException as exc:
@@ -90,80 +181,47 @@ async def _receive_traced(request: web.Request) -> web.Response:
         tracing_otel.finish(span, token)
 
 
-async def _receive(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    limits = request.app[LIMITS]
-    # Every check is in `sansio`; here only the I/O: read the body, enqueue, answer.
+async def _receive(request: web.Request, intake: Intake) -> web.Response:
+    # Every check is in `sansio` (through `intake`); here only the I/O: read, await, answer.
     try:
-        sent = sansio.check_headers(request.headers, limits)
+        sent = sansio.check_headers(request.headers, intake.limits)
     except sansio.Rejected as exc:
-        return _reject(request, exc.status, exc.code, exc.message)
+        return _response(intake.reject(exc))
     try:
         if request.content.is_eof():
             body = await request.read()  # all of it has arrived: nothing to wait for
         else:
             # A sender that stalls mid-body must not hold a connection and a buffer forever.
-            async with asyncio.timeout(settings.body_read_timeout_seconds):
+            async with asyncio.timeout(request.app[SETTINGS].body_read_timeout_seconds):
                 body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        rejected = sansio.too_large(limits)
-        return _reject(request, rejected.status, rejected.code, rejected.message)
+        return _response(intake.reject(sansio.too_large(intake.limits)))
     except TimeoutError:
-        return _reject(request, 408, "body_timeout", "the body did not arrive in time")
+        return _response(intake.reject(sansio.body_timeout()))
 
-    # Looked up on its own line: inside the call, mypy infers the key's type from the
-    # parameter (`Iterable[bytes]`) and refuses SECRETS.
-    secrets = request.app[SECRETS]
     try:
-        delivery = sansio.check_body(sent, body, secrets, datetime.now(UTC), limits)
+        delivery = intake.check(sent, body)
     except sansio.Rejected as exc:
-        if exc.delivery_id is None:
-            return _reject(request, exc.status, exc.code, exc.message)
-        return _reject(request, exc.status, exc.code, exc.message, delivery_id=exc.delivery_id)
-    delivery_id, env = delivery.id, delivery.envelope
+        return _response(intake.reject(exc))
     if TRACING.on:
         from ringez_worker import tracing_otel
 
-        data_ = env.payload["data"]
+        env = delivery.envelope
         span = tracing_otel.trace.get_current_span()
-        span.set_attributes(tracing_otel.delivery_attributes(delivery_id, env.event, data_))
-
+        span.set_attributes(
+            tracing_otel.delivery_attributes(delivery.id, env.event, env.payload["data"])
+        )
     started = time.perf_counter()
+    done = intake.submit(delivery, body)
     try:
-        new = await request.app[QUEUE].enqueue(
-            delivery_id,
-            body,
-            received_ms=int(time.time() * 1000),
-            event_ms=int(env.timestamp.timestamp() * 1000),
-        )
-    except (RedisError, OSError) as exc:
-        metrics.rejected.labels("queue_unavailable").inc()
-        request.app[LOG].warning(
-            "webhook.redis_unavailable", delivery_id=delivery_id, error=type(exc).__name__
-        )
-        return _error(
-            503,
-            "queue_unavailable",
-            "the event queue is unavailable; retry later",
-            **{"Retry-After": str(settings.retry_after_seconds)},
-        )
-
-    metrics.enqueue_seconds.observe(time.perf_counter() - started)
-    data = env.payload["data"]
-    fields = {"delivery_id": delivery_id, "event_type": env.event, "call_id": data.get("call_id")}
-    if not new:
-        request.app[DUPLICATE](**fields)
-        metrics.duplicates.inc()
-        return _json(200, {"received": True, "duplicate": True, "id": delivery_id})
-    request.app[ACCEPTED](**fields)
-    # Senders choose event names: unknown ones share a label so label values stay bounded.
-    metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
-    return _json(202, {"received": True, "id": delivery_id})
+        await done
+    except (RedisError, OSError):
+        pass  # answered 503 below, from the future
+    return _response(intake.answer(delivery, done, started))
 
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
-    return _error(405, "method_not_allowed", "use POST", Allow="POST")
+    return _response(error_answer(405, "method_not_allowed", "use POST", ("Allow", "POST")))
 
 
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
@@ -175,21 +233,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     # aiohttp's own limit backs up the explicit Content-Length check for chunked bodies.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[LIMITS] = sansio.Limits(
-        max_body_bytes=settings.max_body_bytes,
-        window_seconds=settings.dedupe_window_seconds,
-        skew_seconds=settings.clock_skew_seconds,
-    )
-    # Split from the setting once, not on every request.
-    app[SECRETS] = tuple(settings.webhook_secrets)
     app[METRICS] = ReceiverMetrics()
     app[REJECTS] = RejectCounter(Keys(prefix=settings.key_prefix, queue=settings.queue_name))
-    # Bound once, with the logging configured now: a lazy proxy would rebuild the logger
-    # on every call, and this one logs every webhook.
-    app[LOG] = get_logger("ringez.receiver").bind()
-    # The two lines written per webhook, rendered without the processor chain.
-    app[ACCEPTED] = HotLine(app[LOG], "webhook.accepted")
-    app[DUPLICATE] = HotLine(app[LOG], "webhook.duplicate")
+    app[INTAKE] = Intake(settings, app[METRICS], app[REJECTS])
+    app[LIMITS] = app[INTAKE].limits
+    app[LOG] = app[INTAKE].log
     app.router.add_post(settings.webhook_path, receive_webhook)
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     add_health_routes(app, lambda: app[REDIS], keys, app[METRICS].registry)
@@ -222,6 +270,7 @@ def _redis_ctx(shared: Redis | None):
             log_retention_ms=settings.delivery_log_retention * 1000,
             redact_transcripts=settings.privacy_redact_transcripts,
         )
+        app[INTAKE].queue = app[QUEUE]
         app[REJECTS].start(client)
         yield
         await app[REJECTS].close()

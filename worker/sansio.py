@@ -55,15 +55,26 @@ def check(
 def check_headers(headers: Mapping[str, str], limits: Limits) -> str:
     """The checks that need no body: the signature header's presence and form (401), the
     media type (415) and a declared length over the limit (413). Returns the signature."""
-    sent = headers.get(signature.HEADER)
+    return check_header_values(
+        headers.get(signature.HEADER),
+        headers.get("Content-Type"),
+        headers.get("Content-Length"),
+        limits,
+    )
+
+
+def check_header_values(
+    sent: str | None, content_type: str | None, length: str | None, limits: Limits
+) -> str:
+    """`check_headers` on the three values it reads (None: not sent), for a caller that
+    parsed the headers itself (the socket lane)."""
     if sent is None:
         raise Rejected(401, "missing_signature", f"the {signature.HEADER} header is required")
     sent = sent.strip()
     if not signature.is_well_formed(sent):
         raise Rejected(401, "malformed_signature", f"{signature.HEADER} must be 64 hex characters")
-    if not _content_type_ok(headers.get("Content-Type")):
+    if not _content_type_ok(content_type):
         raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
-    length = headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
         raise too_large(limits)
     return sent
@@ -96,6 +107,11 @@ def check_body(
 def too_large(limits: Limits) -> Rejected:
     """The 413 for a body over the limit (also what the receiver answers mid-read)."""
     return Rejected(413, "body_too_large", f"body is over {limits.max_body_bytes} bytes")
+
+
+def body_timeout() -> Rejected:
+    """The 408 for a body that did not arrive within BODY_READ_TIMEOUT_SECONDS."""
+    return Rejected(408, "body_timeout", "the body did not arrive in time")
 
 
 def _content_type_ok(value: str | None) -> bool:
