@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from yarl import URL
 
 from ringez_worker import signature
 from ringez_worker.handlers.router import Router
@@ -19,6 +21,7 @@ from ringez_worker.settings import Settings, load_settings
 from ringez_worker.worker.app import create_worker
 from ringez_worker.worker.cli import build_event
 from ringez_worker.worker.receiver import create_app
+from ringez_worker.worker.serve import listen, start_receiver
 
 SECRET = "whsec_test_current"
 OLD_SECRET = "whsec_test_previous"
@@ -68,17 +71,52 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-async def receiver(settings: Settings) -> AsyncIterator[TestClient]:
-    server = TestServer(create_app(settings))
-    # Every request has been answered by teardown; aiohttp's default 60 s shutdown timeout
-    # (applied twice, graceful then cancel) once held a full suite's teardown of the
-    # 2,000-request flood test for 120 s under load, although each answer had arrived.
-    await server.start_server(shutdown_timeout=5)
+class ServeTestServer(TestServer):
+    """aiohttp's TestServer serving the app as `ringez-worker serve` does: webhook POSTs
+    on the socket lane (worker/webhook_protocol.py), everything else through aiohttp."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self._settings = settings
+
+    async def start_server(self, loop: object = None, **kwargs: object) -> None:
+        if self.runner:
+            return
+        sock = listen("127.0.0.1", 0)
+        self.runner = await start_receiver(self.app, sock, self._settings, shutdown_timeout=5)
+        self.host, self.port = sock.getsockname()[:2]
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+
+@contextlib.asynccontextmanager
+async def serve_receiver(settings: Settings, way: str = "lane") -> AsyncIterator[TestClient]:
+    """A client of the receiver: served as `ringez-worker serve` serves it (`lane`), or on
+    aiohttp's own server (`aiohttp`: what `create_app` gives an embedding program, and what
+    serves webhooks with tracing on)."""
+    app = create_app(settings)
+    if way == "lane":
+        server: TestServer = ServeTestServer(app, settings)
+        await server.start_server()
+    else:
+        server = TestServer(app)
+        # Every request has been answered by teardown; aiohttp's default 60 s shutdown
+        # timeout (applied twice, graceful then cancel) once held a full suite's teardown
+        # of the 2,000-request flood test for 120 s under load, although each answer had
+        # arrived.
+        await server.start_server(shutdown_timeout=5)
     client = TestClient(server)
     await client.start_server()
-    yield client
-    await client.close()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def receiver(settings: Settings) -> AsyncIterator[TestClient]:
+    async with serve_receiver(settings) as client:
+        yield client
 
 
 def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:

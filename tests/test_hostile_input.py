@@ -4,8 +4,10 @@ receiver stays healthy; and a property over arbitrary bodies and headers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given
@@ -13,11 +15,26 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from ringez_worker import signature
+from ringez_worker.settings import Settings
 from ringez_worker.worker.envelope import delivery_id
 from ringez_worker.worker.receiver import create_app
-from tests.conftest import OLD_SECRET, SECRET, event_body, make_settings, signed_headers
+from tests.conftest import (
+    OLD_SECRET,
+    SECRET,
+    event_body,
+    make_settings,
+    serve_receiver,
+    signed_headers,
+)
 
 PATH = "/webhooks/ringez"
+
+
+@pytest.fixture(params=["lane", "aiohttp"])
+async def receiver(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[TestClient]:
+    """Every answer here is pinned for both ways in: the socket lane and aiohttp's server."""
+    async with serve_receiver(settings, request.param) as client:
+        yield client
 
 
 async def test_a_secret_rotated_out_no_longer_works(redis_url, redis_client):

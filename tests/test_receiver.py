@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient
 
 from ringez_worker import signature
 from ringez_worker.keys import BUCKET_MS, Keys
+from ringez_worker.settings import Settings
 from ringez_worker.worker.cli import build_event
 from ringez_worker.worker.envelope import delivery_id
-from tests.conftest import OLD_SECRET, SECRET, event_body, signed_headers
+from tests.conftest import OLD_SECRET, SECRET, event_body, serve_receiver, signed_headers
 
 PATH = "/webhooks/ringez"
+
+
+@pytest.fixture(params=["lane", "aiohttp"])
+async def receiver(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[TestClient]:
+    """Every answer here is pinned for both ways in: the socket lane and aiohttp's server."""
+    async with serve_receiver(settings, request.param) as client:
+        yield client
 
 
 async def queued(redis_client, settings) -> list[bytes]:

@@ -50,23 +50,15 @@ def _setup(settings: Settings, fmt: str | None = None) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from ringez_worker.worker.receiver import create_app
+    from ringez_worker.worker.serve import run_receiver
 
     require(settings, "ringez_webhook_secret")
     _setup(settings)
     _use_uvloop()
     port = args.port or settings.port
     log.info("receiver.starting", host=settings.host, port=port, path=settings.webhook_path)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-    )
+    run_receiver(create_app(settings), settings, settings.host, port)
     return 0
 
 
