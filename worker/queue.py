@@ -192,6 +192,16 @@ class EventQueue:
             self._flusher = asyncio.create_task(self._flush())
         return future
 
+    def kick(self) -> None:
+        """Send what is pending now (one batch), if a commit slot is free."""
+        if not self._pending or len(self._inflight) >= self._max_inflight:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        task = asyncio.create_task(self._commit(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
     async def _enqueue_traced(self, delivery_id: str, body: bytes, now: int, stamp: int) -> bool:
         from ringez_worker import tracing_otel
 

@@ -32,7 +32,6 @@ METRICS = web.AppKey("metrics", ReceiverMetrics)
 LOG = web.AppKey("log", FilteringBoundLogger)
 LIMITS = web.AppKey("limits", sansio.Limits)
 REJECTS = web.AppKey("rejects", RejectCounter)
-INTAKE = web.AppKey("intake", "Intake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +134,9 @@ class Intake:
         # Senders choose event names: unknown ones share a label so label values stay bounded.
         self.metrics.count_received(env.event if env.event in EVENT_NAMES else "other")
         return Answer(202, b'{"received":true,"id":"%s"}' % delivery_id.encode())
+
+
+INTAKE = web.AppKey("intake", Intake)
 
 
 def _response(answer: Answer) -> web.Response:
