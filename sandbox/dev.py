@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -53,6 +53,9 @@ class Runtime(Protocol):
     """What `dev` runs: the CLI passes the real receiver and worker factories."""
 
     create_app: Callable[[Settings], web.Application]
+    # Serves the receiver app as `ringez-worker serve` does (the socket lane); the runner
+    # it answers stops it. Without it, dev serves the app on aiohttp's own site.
+    start_receiver: Callable[[web.Application, Settings, int], Awaitable[web.AppRunner]] | None
     create_worker: Callable[..., Worker]
     # The web console, when the CLI passes it (`dev` makes its token).
     create_console: Callable[[Settings], web.Application] | None
@@ -110,9 +113,13 @@ async def run_dev(
         dev_campaign.prepare()  # before the worker is made, as for callbacks
         scenarios = tuple(s for s in scenarios if s != dev_campaign.NAME)
 
-    runner = web.AppRunner(runtime.create_app(settings), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    start = getattr(runtime, "start_receiver", None)
+    if start is not None:
+        runner = await start(runtime.create_app(settings), settings, settings.port)
+    else:
+        runner = web.AppRunner(runtime.create_app(settings), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", settings.port).start()
     receiver_url = f"http://127.0.0.1:{settings.port}{settings.webhook_path}"
 
     worker = runtime.create_worker(settings, handle_signals=False)

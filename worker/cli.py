@@ -81,6 +81,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from ringez_worker.worker.app import create_worker
     from ringez_worker.worker.console import create_console_app
     from ringez_worker.worker.receiver import create_app
+    from ringez_worker.worker.serve import listen, start_receiver
 
     _setup(settings, "console" if settings.log_format == "auto" else settings.log_format)
     _use_uvloop()
@@ -90,6 +91,9 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             settings,
             types.SimpleNamespace(
                 create_app=create_app,
+                start_receiver=lambda app, settings, port: start_receiver(
+                    app, listen("127.0.0.1", port), settings
+                ),
                 create_worker=create_worker,
                 create_console=create_console_app,
                 campaigns=campaigns,
