@@ -496,6 +496,8 @@ class WebhookProtocol(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called once a second: a request still arriving after BODY_READ_TIMEOUT_SECONDS is
         answered 408; a connection idle for KEEPALIVE_SECONDS is closed."""
+        if self._pauses - {"writing"}:
+            return  # not reading by our own choice (answers owed, a hand-over): not its delay
         if self._in_message and now - self._begun_at > self._lane.body_timeout:
             self._answer_now(*_timeout_args())
         elif (
