@@ -194,8 +194,11 @@ class EventQueue:
 
     def kick(self) -> None:
         """Send what is pending now (one batch), if a commit slot is free."""
-        if not self._pending or len(self._inflight) >= self._max_inflight:
-            return
+        if self._pending and len(self._inflight) < self._max_inflight:
+            self._start_commit()
+
+    def _start_commit(self) -> None:
+        """Take the next batch off the pending list and start its commit."""
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
         task = asyncio.create_task(self._commit(batch))
@@ -226,11 +229,7 @@ class EventQueue:
             if len(self._inflight) >= self._max_inflight:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            task = asyncio.create_task(self._commit(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            self._start_commit()
             await asyncio.sleep(0)
 
     async def _commit(self, batch: list[_Pending]) -> None:

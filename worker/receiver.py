@@ -29,8 +29,6 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 QUEUE = web.AppKey("queue", EventQueue)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
-LOG = web.AppKey("log", FilteringBoundLogger)
-LIMITS = web.AppKey("limits", sansio.Limits)
 REJECTS = web.AppKey("rejects", RejectCounter)
 
 
@@ -238,8 +236,6 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app[METRICS] = ReceiverMetrics()
     app[REJECTS] = RejectCounter(Keys(prefix=settings.key_prefix, queue=settings.queue_name))
     app[INTAKE] = Intake(settings, app[METRICS], app[REJECTS])
-    app[LIMITS] = app[INTAKE].limits
-    app[LOG] = app[INTAKE].log
     app.router.add_post(settings.webhook_path, receive_webhook)
     keys = Keys(prefix=settings.key_prefix, queue=settings.queue_name)
     add_health_routes(app, lambda: app[REDIS], keys, app[METRICS].registry)

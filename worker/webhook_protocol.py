@@ -262,9 +262,13 @@ class WebhookProtocol(asyncio.Protocol):
             elif isinstance(exc, httptools.HttpParserCallbackError):
                 # Our own code failed on this request: never a 2xx, and say so in the log.
                 self._intake.log.error("webhook.failed", error=type(cause).__name__)
-                self._answer_now(500, "internal_error", "the receiver failed; retry later")
+                self._answer_now(
+                    sansio.Rejected(500, "internal_error", "the receiver failed; retry later")
+                )
             else:
-                self._answer_now(400, "bad_request", "the request is not valid HTTP/1.1")
+                self._answer_now(
+                    sansio.Rejected(400, "bad_request", "the request is not valid HTTP/1.1")
+                )
             return
         if (
             self._in_message
@@ -275,7 +279,9 @@ class WebhookProtocol(asyncio.Protocol):
             # (one begun mid-read, behind another, is bounded by the read's size).
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._answer_now(431, "headers_too_large", "request line and headers too long")
+                self._answer_now(
+                    sansio.Rejected(431, "headers_too_large", "request line and headers too long")
+                )
 
     # httptools callbacks
 
@@ -320,7 +326,7 @@ class WebhookProtocol(asyncio.Protocol):
             )
         except sansio.Rejected as exc:
             if exc.status == 413:  # declared too large: answer without reading it
-                self._answer_now(exc.status, exc.code, exc.message, exc)
+                self._answer_now(exc)
                 raise _Stop from None
             self._early = exc  # answered once the body is read (and dropped)
             return
@@ -330,8 +336,7 @@ class WebhookProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._intake.limits.max_body_bytes:
-            rejected = sansio.too_large(self._intake.limits)
-            self._answer_now(rejected.status, rejected.code, rejected.message, rejected)
+            self._answer_now(sansio.too_large(self._intake.limits))
             raise _Stop
         if self._early is not None:
             return
@@ -396,16 +401,13 @@ class WebhookProtocol(asyncio.Protocol):
             answer = error_answer(500, "internal_error", "the receiver failed; retry later")
         self._put(slot, answer, keep_alive, http10)
 
-    def _answer_now(
-        self, status: int, code: str, message: str, rejected: sansio.Rejected | None = None
-    ) -> None:
+    def _answer_now(self, rejected: sansio.Rejected) -> None:
         """Refuse the request being read and close once the earlier answers are out."""
         slot = self._next_slot
         self._next_slot += 1
         self._in_message = False
         self.finish()
-        exc = rejected or sansio.Rejected(status, code, message)
-        self._put(slot, self._intake.reject(exc), False, False)
+        self._put(slot, self._intake.reject(rejected), False, False)
 
     def _put(self, slot: int, answer: Answer, keep_alive: bool, http10: bool) -> None:
         transport = self._transport
@@ -499,15 +501,10 @@ class WebhookProtocol(asyncio.Protocol):
         if self._pauses - {"writing"}:
             return  # not reading by our own choice (answers owed, a hand-over): not its delay
         if self._in_message and now - self._begun_at > self._lane.body_timeout:
-            self._answer_now(*_timeout_args())
+            self._answer_now(sansio.body_timeout())
         elif (
             not self._in_message
             and self._next_write == self._next_slot
             and now - self._last > KEEPALIVE_SECONDS
         ):
             self.finish()
-
-
-def _timeout_args() -> tuple[Any, ...]:
-    rejected = sansio.body_timeout()
-    return rejected.status, rejected.code, rejected.message, rejected
