@@ -148,6 +148,12 @@ async def test_receiver_and_worker_follow_a_failover(sentinel_setup) -> None:
             await c.aclose()
 
 
+async def _replica_online(master: Redis) -> bool:
+    info = await master.info("replication")
+    replica = info.get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
 async def _is(value, expected: object) -> bool:
     return await value == expected
 
@@ -182,10 +188,16 @@ async def test_post_callbacks_answers_202_only_once_the_replicas_have_it() -> No
     body = orjson.dumps({"customer_id": "c1", "phone": "+14155550123"})
     try:
         follower = Redis(port=replica.port)
+        leader = Redis(port=master.port)
         try:
             await wait_for(lambda: _is(_role(follower), "slave"), 20, what="replica in sync")
+            # The replica's link can be up before the master counts it for WAIT: with a
+            # diskless sync the master marks it online only at its first ack, and a WAIT
+            # before that timed out on a loaded CI machine (fresh-clone run, 2026-12-03).
+            await wait_for(lambda: _replica_online(leader), 20, what="master sees it online")
         finally:
             await follower.aclose()
+            await leader.aclose()
         for wanted, status in ((1, 202), (2, 503)):  # two replicas asked, one exists
             settings = make_settings(
                 master.url,
